@@ -1,0 +1,1 @@
+"""gemma_edge.cli: the `gemma-edge` command."""

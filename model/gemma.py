@@ -1,0 +1,237 @@
+"""The Gemma 3 text decoder, in one readable file (in the spirit of gpt-fast's model.py).
+
+`Gemma(config, max_seq_len)` holds its KV caches as buffers: a full-length cache for global layers and a
+ring of `sliding_window` slots for sliding layers (slot = position mod window; the mask comes from the
+positions stored beside the keys). `forward(tokens[1, T], input_pos[T])` prefills any length up to
+`max_seq_len` in one call, longer than the window included, and decodes single tokens. Exporters trace
+this same module, so there is one definition of the attention semantics.
+
+Weight names follow Hugging Face's `Gemma3ForCausalLM` without the `model.` prefix, so loading is a
+rename-free copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GemmaConfig, RopeConfig
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm: computed in float32, scaled by (1 + weight)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
+    """Inverse frequencies; linear scaling divides positions by `factor`, i.e. the frequencies."""
+    inv = 1.0 / (rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    return inv / rope.factor
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim], half-split (NeoX) layout
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, T, head_dim]; rotates the two halves of head_dim."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class FullKVCache(nn.Module):
+    """Global layers: one slot per position up to `max_seq_len`."""
+
+    def __init__(self, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (1, num_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("pos", torch.arange(max_seq_len), persistent=False)
+
+    def reset(self) -> None:
+        self.k.zero_()
+        self.v.zero_()
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store the new keys/values; return all keys, values and their positions for attention."""
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v, self.pos
+
+
+class RingKVCache(nn.Module):
+    """Sliding layers: `window` slots, position p lives in slot p % window.
+
+    Attention reads the ring as it was *before* this call plus the new keys, then the last `window` new
+    keys are written. That keeps every key a query of this call may need, even when one prefill is
+    longer than the window and the ring wraps inside it.
+    """
+
+    def __init__(self, num_kv_heads: int, window: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        self.window = window
+        shape = (1, num_kv_heads, window, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("pos", torch.full((window,), -1, dtype=torch.long), persistent=False)
+
+    def reset(self) -> None:
+        self.k.zero_()
+        self.v.zero_()
+        self.pos.fill_(-1)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        keys = torch.cat((self.k, k), dim=2)
+        values = torch.cat((self.v, v), dim=2)
+        key_pos = torch.cat((self.pos, input_pos))
+        keep = min(k.shape[2], self.window)
+        new_pos = input_pos[-keep:]
+        slots = new_pos % self.window
+        self.k.index_copy_(2, slots, k[:, :, -keep:])
+        self.v.index_copy_(2, slots, v[:, :, -keep:])
+        self.pos.index_copy_(0, slots, new_pos)
+        return keys, values, key_pos
+
+
+def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean [T, S]: key is filled, not in the future and (sliding layers) inside the window."""
+    q = q_pos[:, None]
+    k = key_pos[None, :]
+    allowed = (k >= 0) & (k <= q)
+    if window is not None:
+        allowed = allowed & (q - k < window)
+    return allowed
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GemmaConfig, layer: int, max_seq_len: int, dtype: torch.dtype):
+        super().__init__()
+        c = config
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.scale = c.query_pre_attn_scalar ** -0.5
+        self.softcap = c.attn_logit_softcapping
+        self.window = c.sliding_window if c.is_sliding(layer) else None
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        if self.window is not None:
+            self.cache: nn.Module = RingKVCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype)
+        else:
+            self.cache = FullKVCache(c.num_kv_heads, max_seq_len, c.head_dim, dtype)
+
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+        keys, values, key_pos = self.cache.update(input_pos, k, v)
+        mask = attention_mask(input_pos, key_pos, self.window)
+        out = self.attend(q, keys, values, mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def attend(self, q, keys, values, mask):
+        groups = self.num_heads // self.num_kv_heads
+        if self.softcap is None:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
+                                                  enable_gqa=groups > 1)
+        keys = keys.repeat_interleave(groups, dim=1)
+        values = values.repeat_interleave(groups, dim=1)
+        scores = (q @ keys.transpose(-2, -1)) * self.scale
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).type_as(q) @ values
+
+
+class MLP(nn.Module):
+    """GeGLU with tanh-GELU."""
+
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Norm before and after both attention and MLP (the 'sandwich' of Gemma 2/3)."""
+
+    def __init__(self, config: GemmaConfig, layer: int, max_seq_len: int, dtype: torch.dtype):
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.is_sliding = config.is_sliding(layer)
+        self.self_attn = Attention(config, layer, max_seq_len, dtype)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps)
+        self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps)
+        self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps)
+
+    def forward(self, x, input_pos, cos, sin):
+        h = self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), input_pos, cos, sin))
+        x = x + h
+        h = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x + h
+
+
+class Gemma(nn.Module):
+    def __init__(self, config: GemmaConfig, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        self.max_seq_len = max_seq_len or config.max_position_embeddings
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, self.max_seq_len, dtype) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
+        self.embed_scale = math.sqrt(config.hidden_size)
+        self.register_buffer("inv_freq_local", rope_inv_freq(config.rope_local, config.head_dim), persistent=False)
+        self.register_buffer("inv_freq_global", rope_inv_freq(config.rope_global, config.head_dim), persistent=False)
+        self.to(dtype)
+
+    def reset_caches(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.cache.reset()
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False) -> torch.Tensor:
+        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab])."""
+        x = self.embed_tokens(tokens)
+        x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        local = rope_cos_sin(self.inv_freq_local, input_pos)
+        global_ = rope_cos_sin(self.inv_freq_global, input_pos)
+        for layer in self.layers:
+            cos, sin = local if layer.is_sliding else global_
+            x = layer(x, input_pos, cos, sin)
+        x = self.norm(x)
+        if last_logits_only:
+            x = x[:, -1:]
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, weight)
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

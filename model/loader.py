@@ -1,0 +1,86 @@
+"""`load(path)`: an HF folder, a llama.cpp GGUF file or a gemma-edge folder -> config, model, tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_dir
+from .config import GemmaConfig
+from .errors import GemmaEdgeError
+from .gemma import Gemma
+from .gguf_file import read_gguf, read_gguf_config
+from .hf_checkpoint import check_and_load, read_state_dict, write_hf_folder
+from .tokenizer import Tokenizer
+
+DEFAULT_MAX_SEQ_LEN = 4096
+
+
+@dataclass
+class LoadedModel:
+    config: GemmaConfig
+    model: Gemma
+    tokenizer: Tokenizer | None
+    source: Path
+
+
+def _is_gguf(path: Path) -> bool:
+    """True for a GGUF file, False for a folder; anything else is an error naming the path."""
+    if not path.exists():
+        raise GemmaEdgeError(f"{path}: no such file or folder; pass an HF checkpoint folder, a .gguf file "
+                             "or a folder written by gemma-edge")
+    if path.is_dir():
+        return False
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise GemmaEdgeError(f"{path}: not a GGUF file (magic {magic!r}); pass a .gguf file or a checkpoint folder")
+    return True
+
+
+def read_config(path: str | Path) -> GemmaConfig:
+    """The config of a checkpoint without reading its weights."""
+    path = Path(path)
+    return read_gguf_config(path) if _is_gguf(path) else GemmaConfig.from_json_file(path / "config.json")
+
+
+def read_checkpoint(path: str | Path, progress: bool = True) -> tuple[GemmaConfig, dict[str, torch.Tensor], bytes | None]:
+    """Config, float32 state dict (our names) and tokenizer.model bytes (None if the folder has none)."""
+    path = Path(path)
+    if _is_gguf(path):
+        return read_gguf(path, progress=progress)
+    config = GemmaConfig.from_json_file(path / "config.json")
+    state = read_state_dict(path)
+    tok = path / "tokenizer.model"
+    return config, state, tok.read_bytes() if tok.exists() else None
+
+
+def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
+         progress: bool = True) -> LoadedModel:
+    """Build the reference model from a checkpoint; KV caches are sized for `max_seq_len` tokens
+    (default: min(4096, the model's maximum context))."""
+    path = Path(path)
+    config, state, tok_bytes = read_checkpoint(path, progress=progress)
+    seq = max_seq_len or min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
+    if seq > config.max_position_embeddings:
+        raise GemmaEdgeError(f"max_seq_len={seq} exceeds the model's context of {config.max_position_embeddings}")
+    model = Gemma(config, max_seq_len=seq, dtype=dtype)
+    check_and_load(model, {k: v.to(dtype) for k, v in state.items()}, path)
+    model.eval()
+    tokenizer = Tokenizer(tok_bytes, str(path / "tokenizer.model")) if tok_bytes is not None else None
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise GemmaEdgeError(f"{path}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
+                             f"vocabulary is {config.vocab_size}; use the tokenizer that came with the weights")
+    return LoadedModel(config, model, tokenizer, path)
+
+
+def convert(src: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False,
+            progress: bool = True) -> Path:
+    """Write `src` (GGUF or folder) as an HF folder that transformers' Gemma3ForCausalLM loads."""
+    config, state, tok_bytes = read_checkpoint(src, progress=progress)
+    check_and_load(Gemma(config, max_seq_len=1), state, Path(src))  # fail before writing anything
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_hf_folder(tmp, config, state, tok_bytes, dtype=dtype)
+    return Path(out)

@@ -1,0 +1,47 @@
+"""The reference model behind the `Runner` interface: tracks the position and checks inputs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .errors import GemmaEdgeError
+from .gemma import Gemma
+
+
+class ReferenceRunner:
+    def __init__(self, model: Gemma):
+        self.model = model
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.model.reset_caches()
+        self.pos = 0
+
+    def _check(self, tokens: Sequence[int]) -> None:
+        vocab = self.model.config.vocab_size
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise GemmaEdgeError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        if self.pos + len(tokens) > self.model.max_seq_len:
+            raise GemmaEdgeError(f"{self.pos + len(tokens)} tokens exceed the context of {self.model.max_seq_len}; "
+                                 "shorten the prompt or raise --max-seq-len")
+
+    @torch.no_grad()
+    def forward(self, tokens: Sequence[int], last_only: bool = True) -> torch.Tensor:
+        """Feed tokens at the next positions; logits [T, vocab] (or [vocab] with last_only)."""
+        if not tokens:
+            raise GemmaEdgeError("empty prompt: give at least one token")
+        self._check(tokens)
+        t = torch.tensor([list(tokens)], dtype=torch.long)
+        pos = torch.arange(self.pos, self.pos + len(tokens))
+        logits = self.model(t, pos, last_logits_only=last_only)[0].float()
+        self.pos += len(tokens)
+        return logits[-1] if last_only else logits
+
+    def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
+        return self.forward(tokens)
+
+    def decode(self, token: int) -> torch.Tensor:
+        return self.forward([token])

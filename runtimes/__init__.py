@@ -1,0 +1,1 @@
+"""gemma_edge.runtimes: runners behind one interface, parity harness, benchmarks (issue 6; not built yet)."""

@@ -87,6 +87,8 @@ class GemmaConfig:
             problems.append(f"head_dim={self.head_dim} must be even for RoPE")
         if self.sliding_window < 1:
             problems.append(f"sliding_window={self.sliding_window} must be positive")
+        if self.attn_logit_softcapping is not None:
+            problems.append("attn_logit_softcapping is Gemma 2's; Gemma 3 has no attention soft-cap (set it to null)")
         if self.hidden_activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
             problems.append(f"hidden_activation={self.hidden_activation!r} is not Gemma's tanh-GELU")
         if problems:

@@ -125,7 +125,6 @@ class Attention(nn.Module):
         c = config
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         self.scale = c.query_pre_attn_scalar ** -0.5
-        self.softcap = c.attn_logit_softcapping
         self.window = c.sliding_window if c.is_sliding(layer) else None
         self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=False)
         self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
@@ -147,20 +146,9 @@ class Attention(nn.Module):
         k = apply_rope(self.k_norm(k), cos, sin)
         keys, values, key_pos = self.cache.update(input_pos, k, v)
         mask = attention_mask(input_pos, key_pos, self.window)
-        out = self.attend(q, keys, values, mask)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
+                                             enable_gqa=self.num_heads != self.num_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
-
-    def attend(self, q, keys, values, mask):
-        groups = self.num_heads // self.num_kv_heads
-        if self.softcap is None:
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
-                                                  enable_gqa=groups > 1)
-        keys = keys.repeat_interleave(groups, dim=1)
-        values = values.repeat_interleave(groups, dim=1)
-        scores = (q @ keys.transpose(-2, -1)) * self.scale
-        scores = torch.tanh(scores / self.softcap) * self.softcap
-        scores = scores.masked_fill(~mask, float("-inf"))
-        return torch.softmax(scores.float(), dim=-1).type_as(q) @ values
 
 
 class MLP(nn.Module):

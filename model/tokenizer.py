@@ -25,7 +25,8 @@ def sentencepiece_model_from_vocab(pieces: Sequence[str], scores: Sequence[float
     load everywhere and tokenize chat prompts as Gemma's own tokenizer does: the unknown piece is typed
     UNKNOWN (llama.cpp marks it CONTROL, which ExecuTorch's SentencePiece refuses), and control pieces
     other than pad/bos/eos/unk (`<start_of_turn>`, `<end_of_turn>`, ...) become USER_DEFINED, so their
-    spelling in text encodes to their id.
+    spelling in text encodes to their id. llama.cpp also writes user-defined pieces with "▁" turned
+    into spaces ("pre-normalized"); SentencePiece matches them after escaping spaces, so we turn them back.
     """
     if not (len(pieces) == len(scores) == len(types)):
         raise GemmaEdgeError(f"vocabulary lists differ in length: {len(pieces)} pieces, "
@@ -39,6 +40,8 @@ def sentencepiece_model_from_vocab(pieces: Sequence[str], scores: Sequence[float
             kind = _USER_DEFINED
         elif kind == _UNKNOWN:
             kind = _NORMAL
+        if kind == _USER_DEFINED:
+            piece = piece.replace(" ", "\u2581")
         m.pieces.add(piece=piece, score=float(score), type=kind)
     t = m.trainer_spec
     t.model_type = sp_pb.TrainerSpec.BPE

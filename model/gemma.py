@@ -217,8 +217,7 @@ class Gemma(nn.Module):
         x = self.norm(x)
         if last_logits_only:
             x = x[:, -1:]
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight)
+        logits = F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -51,6 +51,9 @@ def read_checkpoint(path: str | Path, progress: bool = True) -> tuple[GemmaConfi
     path = Path(path)
     if _is_gguf(path):
         return read_gguf(path, progress=progress)
+    if (path / "recipe.json").exists():
+        raise GemmaEdgeError(f"{path}: is a quantized checkpoint; open it with gemma_edge.model.load "
+                             "(it has no float weights to read or convert)")
     config = GemmaConfig.from_json_file(path / "config.json")
     state = read_state_dict(path)
     tok = path / "tokenizer.model"
@@ -62,6 +65,10 @@ def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = 
     """Build the reference model from a checkpoint; KV caches are sized for `max_seq_len` tokens
     (default: min(4096, the model's maximum context))."""
     path = Path(path)
+    if path.is_dir() and (path / "recipe.json").exists():  # a quantized checkpoint: the quantized reference
+        from gemma_edge.calibration.checkpoint import load_quantized
+
+        return load_quantized(path, max_seq_len=max_seq_len, dtype=dtype)
     config, state, tok_bytes = read_checkpoint(path, progress=progress)
     seq = max_seq_len or min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
     if seq > config.max_position_embeddings:

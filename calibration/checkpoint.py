@@ -1,0 +1,171 @@
+"""QuantizedCheckpoint: the hand-off between calibration and every exporter.
+
+A folder: `model.safetensors` (per quantized weight `NAME.qdata` — int4 packed two per byte, int8, fp8 or
+SFP8 codes — `NAME.scale` in bf16 and `NAME.zero_point` when asymmetric; float tensors as `NAME`),
+`recipe.json`, `config.json`, `tokenizer.model` and `quant_report.json` (every tensor and its format).
+Loading it gives the integers and scales back bit for bit, and a *quantized reference* model: the float
+architecture with dequantized weights and, for 8da4w, simulated per-token int8 activations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from gemma_edge.model.atomic import atomic_dir
+from gemma_edge.model.config import GemmaConfig
+from gemma_edge.model.errors import GemmaEdgeError
+from gemma_edge.model.gemma import Gemma
+from gemma_edge.model.hf_checkpoint import check_and_load
+from gemma_edge.model.loader import LoadedModel
+from gemma_edge.model.tokenizer import Tokenizer
+
+from .formats import QTensor, QuantFormat, pack_int4, unpack_int4
+from .recipe import EMBEDDING, LM_HEAD, QuantRecipe
+
+FORMAT_TAG = "gemma-edge-quantized-v1"
+
+
+def is_quantized_checkpoint(path: Path) -> bool:
+    return (path / "recipe.json").exists() and (path / "config.json").exists()
+
+
+@dataclass
+class QuantizedCheckpoint:
+    config: GemmaConfig
+    recipe: QuantRecipe
+    quantized: dict[str, QTensor]
+    floats: dict[str, torch.Tensor]
+    tokenizer_model: bytes | None = None
+    report: list[dict] = field(default_factory=list)
+
+    @property
+    def separate_lm_head(self) -> bool:
+        return LM_HEAD in self.quantized or LM_HEAD in self.floats
+
+    def dequantized_state(self) -> dict[str, torch.Tensor]:
+        state = dict(self.floats)
+        state.update({k: q.dequantize() for k, q in self.quantized.items()})
+        return state
+
+    # ---- the quantized reference -----------------------------------------------------------------
+    def build_model(self, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32) -> Gemma:
+        state = {k: v.to(dtype) for k, v in self.dequantized_state().items()}
+        head = state.pop(LM_HEAD, None)
+        model = Gemma(self.config, max_seq_len=max_seq_len, dtype=dtype)
+        check_and_load(model, state, Path("quantized checkpoint"))
+        if head is not None:  # tied in the float model, but the LM head has its own format
+            model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, dtype=dtype)
+            model.lm_head.weight.data.copy_(head)
+        if self.recipe.activations == "int8_dynamic":
+            _quantize_activations(model)
+        return model.eval()
+
+    # ---- storage ---------------------------------------------------------------------------------
+    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        tensors: dict[str, torch.Tensor] = {}
+        formats: dict[str, str] = {}
+        for name, q in sorted(self.quantized.items()):
+            formats[name] = q.fmt.name
+            data = pack_int4(q.qdata, q.fmt.symmetric) if q.fmt.kind == "int4" else q.qdata
+            tensors[f"{name}.qdata"] = data.contiguous()
+            if q.scale is not None:
+                tensors[f"{name}.scale"] = q.scale.to(torch.bfloat16).contiguous()
+            if q.zero_point is not None:
+                tensors[f"{name}.zero_point"] = q.zero_point.contiguous()
+        for name, t in sorted(self.floats.items()):
+            tensors[name] = t.float().contiguous()
+        # One metadata key: safetensors writes its metadata map in no fixed order, and artifacts must be
+        # byte-identical run to run.
+        meta = {"gemma_edge": json.dumps({"format": FORMAT_TAG, "quantized": formats}, sort_keys=True)}
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
+            (tmp / "config.json").write_text(json.dumps(self.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
+            self.recipe.save(tmp / "recipe.json")
+            (tmp / "quant_report.json").write_text(json.dumps(self.report, indent=2, sort_keys=True) + "\n")
+            if self.tokenizer_model is not None:
+                (tmp / "tokenizer.model").write_bytes(self.tokenizer_model)
+        return Path(out)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "QuantizedCheckpoint":
+        path = Path(path)
+        config = GemmaConfig.from_json_file(path / "config.json")
+        recipe = QuantRecipe.load(path / "recipe.json")
+        weights = path / "model.safetensors"
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("gemma_edge", "{}"))
+                if meta.get("format") != FORMAT_TAG:
+                    raise GemmaEdgeError(f"{weights}: not a gemma-edge quantized checkpoint "
+                                         f"(format {meta.get('format')!r}); make one with gemma-edge quantize")
+                formats = meta["quantized"]
+                names = set(f.keys())
+                quantized = {}
+                for name, fmt_name in formats.items():
+                    fmt = QuantFormat.parse(fmt_name)
+                    data = f.get_tensor(f"{name}.qdata")
+                    if fmt.kind == "int4":
+                        data = unpack_int4(data, fmt.symmetric)
+                    scale = f.get_tensor(f"{name}.scale").float() if f"{name}.scale" in names else None
+                    zp = f.get_tensor(f"{name}.zero_point") if f"{name}.zero_point" in names else None
+                    quantized[name] = QTensor(fmt, data, scale, zp)
+                done = {f"{n}.{part}" for n in formats for part in ("qdata", "scale", "zero_point")}
+                floats = {k: f.get_tensor(k) for k in sorted(names - done)}
+        except FileNotFoundError:
+            raise GemmaEdgeError(f"{weights}: missing; the quantized checkpoint is incomplete") from None
+        except SafetensorError as e:
+            raise GemmaEdgeError(f"{weights}: truncated or corrupt ({e}); quantize again") from None
+        tok = path / "tokenizer.model"
+        report_file = path / "quant_report.json"
+        report = json.loads(report_file.read_text()) if report_file.exists() else []
+        return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report)
+
+
+def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """`gemma_edge.model.load` for a quantized checkpoint: the quantized reference model."""
+    path = Path(path)
+    ckpt = QuantizedCheckpoint.load(path)
+    seq = max_seq_len or min(4096, ckpt.config.max_position_embeddings)
+    tok = Tokenizer(ckpt.tokenizer_model, str(path / "tokenizer.model")) if ckpt.tokenizer_model else None
+    return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype), tok, path)
+
+
+# ---- simulated dynamic activation quantization (8da4w) -----------------------------------------
+
+def fake_quantize_per_token_int8(x: torch.Tensor) -> torch.Tensor:
+    """Asymmetric int8 per token (row), range widened to include 0, as XNNPACK's dynamic quantization."""
+    lo = x.amin(-1, keepdim=True).clamp(max=0)
+    hi = x.amax(-1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / 255).clamp(min=torch.finfo(torch.float32).eps)
+    zero_point = torch.clamp(torch.round(-128 - lo / scale), -128, 127)
+    q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127)
+    return (q - zero_point) * scale
+
+
+class DynamicInt8Linear(nn.Linear):
+    """A linear whose input is quantized to int8 per token before the (dequantized) weight is applied."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(fake_quantize_per_token_int8(x.float()).to(x.dtype), self.weight)
+
+
+def _quantize_activations(model: Gemma) -> None:
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                new = DynamicInt8Linear(child.in_features, child.out_features, bias=False,
+                                        dtype=child.weight.dtype)
+                new.weight = child.weight
+                setattr(parent, child_name, new)
+    if model.lm_head is None:  # a tied head shares the embedding table; give it the same treatment
+        head = DynamicInt8Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+        head.weight = model.embed_tokens.weight
+        model.lm_head = head

@@ -1,0 +1,77 @@
+"""Calibration and evaluation text: the user's files, data-free samples from the float model, held-out text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from gemma_edge.model import LoadedModel, ReferenceRunner, Sampling, generate
+from gemma_edge.model.errors import GemmaEdgeError
+from gemma_edge.model.tokenizer import Tokenizer
+
+
+def read_texts(paths: Sequence[str | Path]) -> list[str]:
+    """Plain-text files (one document each) or JSONL files (a "text" field per line)."""
+    texts: list[str] = []
+    for p in map(Path, paths):
+        try:
+            raw = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise GemmaEdgeError(f"{p}: no such calibration file") from None
+        except UnicodeDecodeError:
+            raise GemmaEdgeError(f"{p}: not UTF-8 text; calibration files are .txt or .jsonl") from None
+        if p.suffix == ".jsonl":
+            for i, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    texts.append(str(json.loads(line)["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise GemmaEdgeError(f"{p}:{i}: each JSONL line needs a \"text\" field") from None
+        elif raw.strip():
+            texts.append(raw)
+    if not any(t.strip() for t in texts):
+        raise GemmaEdgeError(f"calibration set is empty: {', '.join(map(str, paths)) or 'no files given'} "
+                             "holds no text")
+    return texts
+
+
+def token_sequences(texts: Sequence[str], tokenizer: Tokenizer, seq_len: int, max_sequences: int) -> list[list[int]]:
+    """Concatenate the documents (each with BOS) and cut into sequences of `seq_len` tokens."""
+    stream: list[int] = []
+    for t in texts:
+        stream += tokenizer.encode(t)
+    seqs = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)][:max_sequences]
+    if not seqs:
+        raise GemmaEdgeError(f"calibration text has {len(stream)} tokens, fewer than one sequence of {seq_len}; "
+                             "add text or lower --seq-len")
+    return seqs
+
+
+def sample_sequences(loaded: LoadedModel, n: int, seq_len: int, seed: int = 0, progress: bool = True) -> list[list[int]]:
+    """Data-free calibration: `n` sequences sampled from the float model itself (temperature 1), seeded."""
+    bos = loaded.config.bos_token_id
+    runner = ReferenceRunner(loaded.model)
+    seqs = []
+    for i in tqdm(range(n), desc="sample calibration text", unit="seq", disable=not progress):
+        new = generate(runner, [bos], seq_len - 1, Sampling(temperature=1.0, seed=seed + i))
+        seqs.append([bos] + new)
+    return seqs
+
+
+def held_out_text(max_chars: int = 40_000) -> str:
+    """Default evaluation text: the Python language reference shipped with CPython (`pydoc_data`).
+
+    Natural English technical prose that is on every machine, and never used for calibration by default
+    (data-free calibration samples the model instead)."""
+    from pydoc_data.topics import topics
+
+    text, keys = [], sorted(topics)
+    for k in keys:
+        text.append(topics[k].strip())
+        if sum(map(len, text)) >= max_chars:
+            break
+    return "\n\n".join(text)[:max_chars]

@@ -1,0 +1,105 @@
+"""What a recipe costs: perplexity, KL to the float model and top-1 agreement on held-out text; the
+per-tensor weight error table and its plot."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gemma_edge.model.gemma import Gemma
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    tokens: int
+    perplexity: float
+    kl_to_float: float | None = None  # mean KL(float || model) per position, nats
+    top1_agreement: float | None = None  # fraction of positions whose argmax equals the float model's
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def chunks(tokens: Sequence[int], seq_len: int, bos: int) -> list[list[int]]:
+    """Non-overlapping windows, each starting with BOS so every window is scored the same way."""
+    body = [t for t in tokens if t != bos]
+    step = seq_len - 1
+    return [[bos] + body[i:i + step] for i in range(0, len(body) - step + 1, step)]
+
+
+@torch.no_grad()
+def _logits(model: Gemma, seq: list[int]) -> torch.Tensor:
+    model.reset_caches()
+    out = model(torch.tensor([seq]), torch.arange(len(seq)))[0].float()
+    model.reset_caches()
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: Gemma, tokens: Sequence[int], seq_len: int = 512, reference: Gemma | None = None,
+             progress: bool = True, desc: str = "evaluate") -> EvalResult:
+    """Teacher-forced over `tokens` in windows of `seq_len`; with `reference`, also KL and agreement."""
+    windows = chunks(tokens, seq_len, model.config.bos_token_id)
+    if not windows:
+        raise ValueError(f"evaluation text has fewer than {seq_len} tokens")
+    nll = kl = agree = 0.0
+    count = 0
+    for seq in tqdm(windows, desc=desc, unit="window", disable=not progress):
+        logp = F.log_softmax(_logits(model, seq), -1)[:-1]
+        target = torch.tensor(seq[1:])
+        nll += -logp.gather(1, target[:, None]).sum().item()
+        if reference is not None:
+            ref_logp = F.log_softmax(_logits(reference, seq), -1)[:-1]
+            kl += (ref_logp.exp() * (ref_logp - logp)).sum().item()
+            agree += (ref_logp.argmax(-1) == logp.argmax(-1)).sum().item()
+        count += len(target)
+    return EvalResult(count, math.exp(nll / count),
+                      kl / count if reference is not None else None,
+                      agree / count if reference is not None else None)
+
+
+def weight_errors(float_weights: dict[str, torch.Tensor], dequantized: dict[str, torch.Tensor]) -> list[dict]:
+    """Relative Frobenius error ||w - q(w)|| / ||w|| of every weight present in both."""
+    rows = []
+    for name in sorted(set(float_weights) & set(dequantized)):
+        w, q = float_weights[name].float(), dequantized[name].float()
+        rows.append({"name": name, "relative_error": ((q - w).norm() / w.norm().clamp(min=1e-12)).item()})
+    return rows
+
+
+def plot_weight_errors(rows: list[dict], out: Path, title: str) -> Path:
+    """One line per projection kind across layers; embedding / LM head as horizontal markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, float]] = {}
+    singles = {}
+    for r in rows:
+        parts = r["name"].split(".")
+        if parts[0] == "layers" and parts[-1] == "weight" and parts[-2].endswith("_proj"):
+            series.setdefault(parts[-2], {})[int(parts[1])] = r["relative_error"]
+        elif not r["name"].endswith("norm.weight"):
+            singles[r["name"]] = r["relative_error"]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for kind, points in sorted(series.items()):
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", markersize=3, label=kind)
+    for i, (name, err) in enumerate(sorted(singles.items())):
+        ax.axhline(err, linestyle="--", linewidth=1, color=f"C{len(series) + i}", label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("relative weight error ||w - q(w)|| / ||w||")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,106 @@
+"""QuantRecipe: which format each weight gets, JSON round trip, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gemma_edge.model.errors import GemmaEdgeError
+
+from .formats import QuantFormat
+
+FLOAT = "float"
+EMBEDDING = "embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+ACTIVATIONS = ("none", "int8_dynamic")
+CLIPS = ("mse", "minmax")
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """`linear`: attention and MLP projections. `embedding`: the token table used for lookup.
+    `lm_head`: the output projection (Gemma ties it to the embedding; it may still get its own format).
+    `overrides`: glob over weight names -> format or "float" (e.g. keep one sensitive layer at int8).
+    `activations`: "int8_dynamic" quantizes each linear's input per token at run time (8da4w)."""
+
+    name: str
+    linear: str
+    embedding: str = FLOAT
+    lm_head: str = FLOAT
+    activations: str = "none"
+    clip: str = "mse"
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for fmt in (self.linear, self.embedding, self.lm_head, *self.overrides.values()):
+            if fmt != FLOAT:
+                QuantFormat.parse(fmt)
+        if self.activations not in ACTIVATIONS:
+            raise GemmaEdgeError(f"recipe {self.name!r}: activations must be one of {ACTIVATIONS}")
+        if self.clip not in CLIPS:
+            raise GemmaEdgeError(f"recipe {self.name!r}: clip must be one of {CLIPS}")
+
+    def format_for(self, name: str) -> QuantFormat | None:
+        """The format of weight `name` (our names), None to keep it float. Norms are never quantized."""
+        for pattern, fmt in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return None if fmt == FLOAT else QuantFormat.parse(fmt)
+        if name == EMBEDDING:
+            fmt = self.embedding
+        elif name == LM_HEAD:
+            fmt = self.lm_head
+        elif name.endswith("_proj.weight"):
+            fmt = self.linear
+        else:
+            return None
+        return None if fmt == FLOAT else QuantFormat.parse(fmt)
+
+    def check_overrides(self, names: list[str]) -> None:
+        """Every override must match at least one tensor: a typo must not silently keep a layer float."""
+        for pattern in self.overrides:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise GemmaEdgeError(f"recipe {self.name!r}: override {pattern!r} matches no tensor "
+                                     f"(names look like {names[1]!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantRecipe":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise GemmaEdgeError(f"recipe has unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "QuantRecipe":
+        """A preset name or a JSON file."""
+        if str(name_or_path) in PRESETS:
+            return PRESETS[str(name_or_path)]
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise GemmaEdgeError(f"{path}: not a recipe preset ({', '.join(PRESETS)}) nor a recipe JSON file")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise GemmaEdgeError(f"{path}: not valid JSON ({e})") from None
+        except TypeError as e:
+            raise GemmaEdgeError(f"{path}: incomplete recipe ({e})") from None
+
+
+PRESETS: dict[str, QuantRecipe] = {r.name: r for r in [
+    QuantRecipe("int4-block32", linear="int4_block32", embedding="int8_channel", lm_head="int4_block32"),
+    QuantRecipe("int4-block32-emb4", linear="int4_block32", embedding="int4_block32", lm_head="int4_block32"),
+    QuantRecipe("int4-channel", linear="int4_channel", embedding="int8_channel", lm_head="int4_channel"),
+    QuantRecipe("fp8", linear="fp8_e4m3", embedding="fp8_e4m3", lm_head="fp8_e4m3"),
+    QuantRecipe("8da4w", linear="int4_block32", embedding="int8_channel", lm_head="int4_block32",
+                activations="int8_dynamic"),
+]}

@@ -1,0 +1,105 @@
+"""`gemma-edge inspect | convert | run`: the reference model's commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from gemma_edge.model.errors import GemmaEdgeError
+
+from .common import MODEL_HELP, add_command
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise argparse.ArgumentTypeError(f"dtype must be one of {', '.join(table)}")
+    return table[name]
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from gemma_edge.model import PRESETS, read_config
+    from gemma_edge.model.bundled import resolve_model_path
+    from gemma_edge.model.inspect import describe
+
+    if args.preset:
+        config, name = PRESETS[args.preset], f"preset {args.preset} (shapes only)"
+    elif args.model:
+        path = resolve_model_path(args.model)
+        config, name = read_config(path), str(path)
+    else:
+        raise GemmaEdgeError("inspect needs MODEL or --preset NAME")
+    print(f"# {name}")
+    print(describe(config, context=args.context, kv_bytes=args.kv_bytes))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from gemma_edge.model import convert
+    from gemma_edge.model.bundled import resolve_model_path
+
+    out = convert(resolve_model_path(args.model), args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {out} (config.json, model.safetensors, tokenizer.model)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import torch
+
+    from gemma_edge.model import ReferenceRunner, Sampling, StreamDecoder, format_chat, generate, load
+    from gemma_edge.model.bundled import resolve_model_path
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    loaded = load(resolve_model_path(args.model), max_seq_len=args.max_seq_len)
+    tok = loaded.tokenizer
+    if tok is None:
+        raise GemmaEdgeError(f"{loaded.source}: no tokenizer.model beside the weights; copy it there to run text prompts")
+    text = format_chat([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    ids = tok.encode(text)
+    stream = StreamDecoder(tok)
+    stops = set(tok.stop_ids)
+
+    def show(token: int) -> None:
+        if token not in stops:
+            print(stream.push(token), end="", flush=True)
+
+    if not args.chat:
+        print(args.prompt, end="", flush=True)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+    generate(ReferenceRunner(loaded.model), ids, args.max_new_tokens, sampling, stops, on_token=show)
+    print()
+
+
+def register(sub) -> None:
+    from gemma_edge.model import PRESETS
+
+    p = add_command(sub, "inspect", cmd_inspect, "config, parameter counts, weight and KV-cache memory",
+             "Print a checkpoint's config, parameter counts (embedding vs the rest), layer pattern, weight memory "
+             "per format and the KV-cache planner: memory at a context with ring caches for sliding layers "
+             "versus every layer global. Reads only the config, not the weights.")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="inspect a released shape instead of a checkpoint")
+    p.add_argument("--context", type=int, default=32_768, help="context length for the KV-cache planner")
+    p.add_argument("--kv-bytes", type=float, default=2.0, help="bytes per cached value (2 = bf16, 1 = int8)")
+
+    p = add_command(sub, "convert", cmd_convert, "write a checkpoint (e.g. GGUF) as an HF folder",
+             "Write MODEL as a Hugging Face folder (config.json, model.safetensors, tokenizer.model) that "
+             "transformers' Gemma3ForCausalLM loads. GGUF weights are dequantized; the +1 llama.cpp folds "
+             "into norm weights is removed. The folder appears only when complete.")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--dtype", type=_dtype, default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = add_command(sub, "run", cmd_run, "generate text with the PyTorch reference",
+             "Generate from a prompt with the float reference model, streaming text to stdout. Greedy unless "
+             "--temperature > 0. Stops at <eos> or <end_of_turn>.")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 disables")
+    p.add_argument("--top-p", type=float, default=1.0, help="1.0 disables")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-seq-len", type=int, default=None, help="KV-cache length (default min(4096, context))")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

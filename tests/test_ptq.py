@@ -1,0 +1,215 @@
+"""Recipes, PTQ, the QuantizedCheckpoint, calibration observers and the calibration CLI (tiny models)."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from gemma_edge.calibration.checkpoint import (DynamicInt8Linear, QuantizedCheckpoint,
+                                               fake_quantize_per_token_int8)
+from gemma_edge.calibration.data import read_texts, sample_sequences, token_sequences
+from gemma_edge.calibration.observers import CalibrationStats, collect_stats
+from gemma_edge.calibration.ptq import quantize_model
+from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
+from gemma_edge.cli.main import main
+from gemma_edge.model import GemmaEdgeError, load
+from gemma_edge.model.gemma import Gemma
+from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Widths divisible by 128 so every block size applies."""
+    return load(write_tiny_checkpoint(tmp_path / "tiny", tiny_config(hidden_size=128, intermediate_size=256)))
+
+
+def _sha(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_recipe_json_round_trip(tmp_path):
+    r = QuantRecipe("mine", linear="int4_block64", embedding="int8_channel", lm_head="float",
+                    activations="int8_dynamic", clip="minmax", overrides={"layers.0.*": "int8_channel"})
+    r.save(tmp_path / "r.json")
+    assert QuantRecipe.load(tmp_path / "r.json") == r
+    assert QuantRecipe.load("int4-block32") is PRESETS["int4-block32"]
+    (tmp_path / "bad.json").write_text(json.dumps({**r.to_dict(), "colour": "red"}))
+    with pytest.raises(GemmaEdgeError, match=r"unknown keys \['colour'\]"):
+        QuantRecipe.load(tmp_path / "bad.json")
+    with pytest.raises(GemmaEdgeError, match="not a recipe preset"):
+        QuantRecipe.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_tensor_gets_its_format(tiny, preset):
+    recipe = PRESETS[preset]
+    ckpt = quantize_model(tiny, recipe, progress=False)
+    report = {r["name"]: r["format"] for r in ckpt.report}
+    params = dict(tiny.model.named_parameters())
+    assert set(params) <= set(report)  # nothing silently left out of the report
+    for name in params:
+        if name.endswith("norm.weight"):
+            assert report[name] == "float32"
+        elif name == "embed_tokens.weight":
+            assert report[name] == recipe.embedding
+        else:
+            assert report[name] == recipe.linear
+    separate_head = recipe.lm_head != recipe.embedding
+    assert ("lm_head.weight" in report) == separate_head
+    if separate_head:
+        assert report["lm_head.weight"] == recipe.lm_head
+
+
+def test_overrides_keep_chosen_layers_and_typos_fail(tiny):
+    r = QuantRecipe("o", linear="int4_block32", overrides={"layers.1.mlp.*": "float", "layers.0.*_proj.weight": "int8_channel"})
+    formats = {x["name"]: x["format"] for x in quantize_model(tiny, r, progress=False).report}
+    assert formats["layers.1.mlp.up_proj.weight"] == "float32"
+    assert formats["layers.0.self_attn.q_proj.weight"] == "int8_channel"
+    assert formats["layers.2.self_attn.q_proj.weight"] == "int4_block32"
+    typo = QuantRecipe("t", linear="int4_block32", overrides={"layers.0.atn.*": "float"})
+    with pytest.raises(GemmaEdgeError, match=r"override 'layers.0.atn.\*' matches no tensor"):
+        quantize_model(tiny, typo, progress=False)
+
+
+def test_width_not_divisible_by_block_is_refused(tmp_path):
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(hidden_size=48, intermediate_size=96)))
+    with pytest.raises(GemmaEdgeError, match=r"layers.0.mlp.gate_proj.weight has 48 input features, not a multiple of block 32"):
+        quantize_model(loaded, PRESETS["int4-block32"], progress=False)
+
+
+@pytest.mark.parametrize("preset", ["int4-block32", "fp8", "8da4w", "int4-block32-emb4"])
+def test_reload_is_bit_identical_and_saving_is_deterministic(tiny, tmp_path, preset):
+    ckpt = quantize_model(tiny, PRESETS[preset], progress=False)
+    a = ckpt.save(tmp_path / "a")
+    b = quantize_model(tiny, PRESETS[preset], progress=False).save(tmp_path / "b")
+    assert _sha(a) == _sha(b)
+    back = QuantizedCheckpoint.load(a)
+    assert back.recipe == ckpt.recipe and back.config == ckpt.config
+    assert set(back.quantized) == set(ckpt.quantized) and set(back.floats) == set(ckpt.floats)
+    for name, q in ckpt.quantized.items():
+        r = back.quantized[name]
+        assert r.fmt == q.fmt
+        if q.qdata.dtype == torch.float8_e4m3fn:
+            assert torch.equal(r.qdata.view(torch.uint8), q.qdata.view(torch.uint8))
+        else:
+            assert torch.equal(r.qdata, q.qdata)
+        assert torch.equal(r.scale, q.scale)
+
+
+def test_quantized_reference_is_the_float_model_on_dequantized_weights(tiny, tmp_path):
+    ckpt = quantize_model(tiny, PRESETS["int4-block32"], progress=False)
+    folder = ckpt.save(tmp_path / "q")
+    loaded = load(folder)  # the public loader opens quantized checkpoints
+    manual = Gemma(tiny.config, max_seq_len=64)
+    state = {k: q.dequantize() for k, q in ckpt.quantized.items()}
+    state.update(ckpt.floats)
+    head = state.pop("lm_head.weight")
+    manual.load_state_dict(state, strict=False)
+    tokens = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        hidden = []
+        manual.norm.register_forward_hook(lambda m, i, o: hidden.append(o))
+        manual(tokens, torch.arange(37))
+        expected = hidden[0] @ head.T
+        got = loaded.model(tokens, torch.arange(37))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_8da4w_quantizes_every_linear_input(tiny):
+    model = quantize_model(tiny, PRESETS["8da4w"], progress=False).build_model(64)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, DynamicInt8Linear) for m in linears)
+    assert isinstance(model.lm_head, DynamicInt8Linear)
+    x = torch.randn(5, 64) * 3
+    dq = fake_quantize_per_token_int8(x)
+    step = (x.amax(-1).clamp(min=0) - x.amin(-1).clamp(max=0)) / 255
+    assert ((dq - x).abs() <= step[:, None] * 0.5 + 1e-6).all()
+    assert len(torch.unique(dq[0])) <= 256
+
+
+def test_nan_weights_are_refused(tiny):
+    with torch.no_grad():
+        tiny.model.layers[2].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(GemmaEdgeError, match="layers.2.mlp.down_proj.weight contains NaN or Inf"):
+        quantize_model(tiny, PRESETS["int4-channel"], progress=False)
+
+
+def test_calibration_statistics_by_hand(tiny):
+    seqs = [[2, 10, 11, 12, 13], [2, 20, 21, 22, 23]]
+    stats = collect_stats(tiny.model, seqs, progress=False)
+    names = {n for n, _ in tiny.model.named_parameters() if n.endswith("_proj.weight")} | {"lm_head.weight"}
+    assert set(stats.layers) == names
+    # The first projection's input is the first norm of the scaled embeddings: recompute it by hand.
+    m = tiny.model
+    x = m.layers[0].input_layernorm(m.embed_tokens(torch.tensor(seqs)) * m.embed_scale).detach()
+    s = stats.layers["layers.0.self_attn.q_proj.weight"]
+    torch.testing.assert_close(s.mean_sq, x.pow(2).reshape(-1, x.shape[-1]).mean(0))
+    assert s.absmax == pytest.approx(x.abs().max().item())
+    assert s.p99_9 <= s.p99_99 <= s.absmax and 0 <= s.outlier_ratio < 0.05
+
+
+def test_stats_round_trip_and_weighted_search_changes_scales(tiny, tmp_path):
+    stats = collect_stats(tiny.model, sample_sequences(tiny, 3, 16, seed=1, progress=False), progress=False)
+    back = CalibrationStats.load(stats.save(tmp_path / "stats"))
+    for k, s in stats.layers.items():
+        assert torch.equal(back.layers[k].mean_sq, s.mean_sq) and back.layers[k].p99_9 == s.p99_9
+    plain = quantize_model(tiny, PRESETS["int4-channel"], progress=False)
+    weighted = quantize_model(tiny, PRESETS["int4-channel"], stats, progress=False)
+    assert any(not torch.equal(plain.quantized[k].scale, weighted.quantized[k].scale) for k in plain.quantized)
+
+
+def test_data_free_sampling_is_seeded(tiny):
+    a = sample_sequences(tiny, 2, 12, seed=5, progress=False)
+    assert a == sample_sequences(tiny, 2, 12, seed=5, progress=False)
+    assert a != sample_sequences(tiny, 2, 12, seed=6, progress=False)
+    assert all(len(s) == 12 and s[0] == 2 for s in a)
+
+
+def test_calibration_files(tmp_path, tiny):
+    (tmp_path / "a.jsonl").write_text('{"text": "the cat"}\n\n{"text": "sat on the mat"}\n')
+    (tmp_path / "b.txt").write_text("and then it rained " * 10)
+    texts = read_texts([tmp_path / "a.jsonl", tmp_path / "b.txt"])
+    assert texts[:2] == ["the cat", "sat on the mat"]
+    seqs = token_sequences(texts, tiny.tokenizer, seq_len=8, max_sequences=3)
+    assert len(seqs) == 3 and all(len(s) == 8 for s in seqs)
+    (tmp_path / "bad.jsonl").write_text('{"txt": 1}\n')
+    with pytest.raises(GemmaEdgeError, match=r"bad.jsonl:1: each JSONL line needs a \"text\" field"):
+        read_texts([tmp_path / "bad.jsonl"])
+
+
+def test_cli_calibrate_quantize_eval(tmp_path, tiny_dir, capsys):
+    text = tmp_path / "calib.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    assert main(["calibrate", str(tiny_dir), "--out", str(tmp_path / "stats"), "--calib", str(text),
+                 "--seq-len", "32", "--samples", "4"]) == 0
+    assert (tmp_path / "stats" / "stats.json").exists()
+    assert main(["quantize", str(tiny_dir), "--recipe", "int4-channel", "--out", str(tmp_path / "q"),
+                 "--stats", str(tmp_path / "stats")]) == 0
+    held_out = tmp_path / "held.txt"
+    held_out.write_text("she sells sea shells on the sea shore, " * 60)
+    assert main(["eval", str(tmp_path / "q"), "--against", str(tiny_dir), "--text", str(held_out),
+                 "--seq-len", "64", "--report", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "top-1 agreement" in out
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert report["result"]["perplexity"] > 1 and 0 <= report["result"]["top1_agreement"] <= 1
+    assert any(r["name"] == "lm_head.weight" for r in report["weight_errors"])
+    assert (tmp_path / "report" / "weight_errors.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["quantize", "{tiny}", "--recipe", "int4-channel", "--out", "{out}", "--calib", "{empty}"],
+     "calibration set is empty"),
+    (["quantize", "{tiny}", "--recipe", "{typo_recipe}", "--out", "{out}"], "matches no tensor"),
+    (["quantize", "{tiny}", "--recipe", "int9", "--out", "{out}"], "not a recipe preset"),
+])
+def test_cli_bad_input_leaves_no_output(tmp_path, tiny_dir, capsys, argv, message):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "typo.json").write_text(json.dumps({"name": "t", "linear": "int4_channel",
+                                                    "overrides": {"layers.0.self_atn.*": "float"}}))
+    out = tmp_path / "out"
+    fill = dict(tiny=tiny_dir, out=out, empty=tmp_path / "empty.txt", typo_recipe=tmp_path / "typo.json")
+    assert main([a.format(**fill) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".out*"))

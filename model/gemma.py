@@ -3,8 +3,10 @@
 `Gemma(config, max_seq_len)` holds its KV caches as buffers: a full-length cache for global layers and a
 ring of `sliding_window` slots for sliding layers (slot = position mod window; the mask comes from the
 positions stored beside the keys). `forward(tokens[1, T], input_pos[T])` prefills any length up to
-`max_seq_len` in one call, longer than the window included, and decodes single tokens. Exporters trace
-this same module, so there is one definition of the attention semantics.
+`max_seq_len` in one call, longer than the window included, and decodes single tokens; positions
+arrive in order (a session starts at 0 after `reset_caches`). Exporters trace this same module with
+the caches swapped for ones built on the runtime's fused ops; the masks (`attention_mask`,
+`ring_key_positions`) are shared, so there is one definition of the attention semantics.
 
 Weight names follow Hugging Face's `Gemma3ForCausalLM` without the `model.` prefix, so loading is a
 rename-free copy.
@@ -54,6 +56,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+def sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention in [B, heads, T, D] layout; keys/values may have fewer (grouped) heads."""
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != keys.shape[1])
+
+
+def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean [T, S]: key is filled (position >= 0), not in the future and (sliding) inside the window."""
+    q = q_pos[:, None]
+    k = key_pos[None, :]
+    allowed = (k >= 0) & (k <= q)
+    if window is not None:
+        allowed = allowed & (q - k < window)
+    return allowed
+
+
+def ring_key_positions(start: torch.Tensor, window: int) -> torch.Tensor:
+    """Positions held by ring slots 0..window-1 before a call starting at `start` (a 0-d tensor): slot s
+    holds the latest p < start with p % window == s; negative means empty. Positions arrive in order,
+    so they are a function of `start` and need no buffer."""
+    slots = torch.arange(window, device=start.device)
+    # (start - 1 - s) mod window, written with a non-negative dividend: runtimes disagree on the sign
+    # of a remainder of negative numbers (ExecuTorch's kernel differs from torch.remainder).
+    return start - 1 - (start + window - 1 - slots) % window
+
+
 class FullKVCache(nn.Module):
     """Global layers: one slot per position up to `max_seq_len`."""
 
@@ -62,17 +90,17 @@ class FullKVCache(nn.Module):
         shape = (1, num_kv_heads, max_seq_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("pos", torch.arange(max_seq_len), persistent=False)
 
     def reset(self) -> None:
         self.k.zero_()
         self.v.zero_()
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store the new keys/values; return all keys, values and their positions for attention."""
+    def attend(self, q, k, v, input_pos: torch.Tensor, scale: float) -> torch.Tensor:
+        """Store the new keys/values at their positions, then attend causally over the cache."""
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
-        return self.k, self.v, self.pos
+        key_pos = torch.arange(self.k.shape[2], device=input_pos.device)
+        return sdpa(q, self.k, self.v, attention_mask(input_pos, key_pos, None), scale)
 
 
 class RingKVCache(nn.Module):
@@ -89,34 +117,20 @@ class RingKVCache(nn.Module):
         shape = (1, num_kv_heads, window, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("pos", torch.full((window,), -1, dtype=torch.long), persistent=False)
 
     def reset(self) -> None:
         self.k.zero_()
         self.v.zero_()
-        self.pos.fill_(-1)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        keys = torch.cat((self.k, k), dim=2)
-        values = torch.cat((self.v, v), dim=2)
-        key_pos = torch.cat((self.pos, input_pos))
+    def attend(self, q, k, v, input_pos: torch.Tensor, scale: float) -> torch.Tensor:
+        key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
+        mask = attention_mask(input_pos, key_pos, self.window)
+        out = sdpa(q, torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2), mask, scale)
         keep = min(k.shape[2], self.window)
-        new_pos = input_pos[-keep:]
-        slots = new_pos % self.window
+        slots = input_pos[-keep:] % self.window
         self.k.index_copy_(2, slots, k[:, :, -keep:])
         self.v.index_copy_(2, slots, v[:, :, -keep:])
-        self.pos.index_copy_(0, slots, new_pos)
-        return keys, values, key_pos
-
-
-def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Boolean [T, S]: key is filled, not in the future and (sliding layers) inside the window."""
-    q = q_pos[:, None]
-    k = key_pos[None, :]
-    allowed = (k >= 0) & (k <= q)
-    if window is not None:
-        allowed = allowed & (q - k < window)
-    return allowed
+        return out
 
 
 class Attention(nn.Module):
@@ -144,10 +158,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
-        keys, values, key_pos = self.cache.update(input_pos, k, v)
-        mask = attention_mask(input_pos, key_pos, self.window)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
-                                             enable_gqa=self.num_heads != self.num_kv_heads)
+        out = self.cache.attend(q, k, v, input_pos, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 

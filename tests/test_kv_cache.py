@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gemma_edge.model import GLOBAL, SLIDING, load
-from gemma_edge.model.gemma import Gemma
+from gemma_edge.model.gemma import Gemma, ring_key_positions
 from gemma_edge.model.tiny import random_state_dict, tiny_config
 
 W = 8
@@ -47,7 +47,13 @@ def test_ring_holds_only_the_last_window():
     tokens = torch.randint(0, config.vocab_size, (3 * W,), generator=torch.Generator().manual_seed(0))
     _run_chunks(model, tokens, [W + 3])
     ring = model.layers[0].self_attn.cache
-    assert sorted(ring.pos.tolist()) == list(range(2 * W, 3 * W))
+    held = ring_key_positions(torch.tensor(3 * W), W)
+    assert sorted(held.tolist()) == list(range(2 * W, 3 * W))
+    assert all(p % W == slot for slot, p in enumerate(held.tolist()))
+    k_after = ring.k.clone()  # one prefill of all 3W tokens leaves the same keys in the same slots
+    _run_chunks(model, tokens, [3 * W])
+    torch.testing.assert_close(ring.k, k_after, atol=1e-6, rtol=0)
+    assert ring_key_positions(torch.tensor(0), W).lt(0).all()  # an empty ring holds nothing
     assert model.layers[5].self_attn.cache.k.shape[2] == 4 * W  # the global layer keeps every position
 
 

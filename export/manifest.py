@@ -1,0 +1,54 @@
+"""manifest.json beside every artifact: where it came from, what it is, and what it needs to run.
+
+No timestamps: two exports of the same input are byte-identical, manifest included."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_digest(source: Path) -> str:
+    """sha256 of a file, or of a folder's (name, sha256) list."""
+    if source.is_file():
+        return sha256_file(source)
+    h = hashlib.sha256()
+    for p in sorted(x for x in source.iterdir() if x.is_file()):
+        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, metadata: dict[str, Any]) -> dict:
+    recipe_file = source / "recipe.json" if source.is_dir() else None
+    manifest = {
+        "artifact": artifact,
+        "runtime": runtime,
+        "sha256": sha256_file(folder / artifact),
+        "size_bytes": (folder / artifact).stat().st_size,
+        "source": {"name": source.name, "sha256": source_digest(source)},
+        "recipe": json.loads(recipe_file.read_text()) if recipe_file and recipe_file.exists() else None,
+        "metadata": metadata,
+        "versions": {d: _version(d) for d in ("gemma-edge", "torch", "executorch", "onnx", "onnxruntime")
+                     if _version(d)},
+        "parity": None,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

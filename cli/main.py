@@ -8,7 +8,7 @@ from typing import Sequence
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from . import calibration_commands, model_commands
+from . import calibration_commands, export_commands, model_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     model_commands.register(sub)
     calibration_commands.register(sub)
+    export_commands.register(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma, attention_mask, ring_key_positions
+from gemma_edge.model.tokenizer import Tokenizer
 
 from .manifest import write_manifest
 
@@ -82,7 +83,7 @@ class PteDecoder(nn.Module):
         c = self.model.config
         for layer in self.model.layers:
             attn = layer.self_attn
-            dtype = attn.q_proj.weight.dtype
+            dtype = layer.input_layernorm.weight.dtype  # activations (the linears may be integer)
             attn.cache = (ETRingCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype) if attn.window
                           else ETFullCache(c.num_kv_heads, self.model.max_seq_len, c.head_dim, dtype))
 
@@ -133,18 +134,34 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...]) -> bytes:
     return et.buffer
 
 
-def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False) -> Path:
-    """`gemma-edge export pte`: model.pte + tokenizer.model + manifest.json in `out`."""
+def pte_model(source: Path, max_seq_len: int) -> tuple[Gemma, Tokenizer]:
+    """The module to lower: float reference, or the integer modules of a QuantizedCheckpoint."""
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint
     from gemma_edge.model import load
 
-    source = Path(source)
+    if is_quantized_checkpoint(source):
+        from .xnnpack_quant import quantized_pte_model
+
+        ckpt = QuantizedCheckpoint.load(source)
+        if ckpt.tokenizer_model is None:
+            raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
+        return quantized_pte_model(ckpt, max_seq_len), Tokenizer(ckpt.tokenizer_model)
     loaded = load(source, max_seq_len=max_seq_len)
     if loaded.tokenizer is None:
         raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
-    pte = lower_to_pte(loaded.model, loaded.tokenizer.stop_ids)
+    return loaded.model, loaded.tokenizer
+
+
+def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False) -> Path:
+    """`gemma-edge export pte`: model.pte + tokenizer.model + manifest.json in `out`."""
+    source = Path(source)
+    if Path(out).exists() and not overwrite:
+        raise GemmaEdgeError(f"{out}: output already exists; choose another --out or pass --overwrite")
+    model, tokenizer = pte_model(source, max_seq_len)
+    pte = lower_to_pte(model, tokenizer.stop_ids)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "model.pte").write_bytes(pte)
-        (tmp / "tokenizer.model").write_bytes(loaded.tokenizer.serialized)
+        (tmp / "tokenizer.model").write_bytes(tokenizer.serialized)
         write_manifest(tmp, source, artifact="model.pte", runtime="executorch",
-                       metadata=runner_metadata(loaded.model, loaded.tokenizer.stop_ids))
+                       metadata=runner_metadata(model, tokenizer.stop_ids))
     return Path(out)

@@ -162,6 +162,13 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh-approximated GELU written out. Equal to F.gelu(x, approximate="tanh") to float rounding, but
+    not `aten.gelu`: ExecuTorch's XNNPACK delegate lowers aten.gelu to the exact (erf) GELU whatever its
+    `approximate` argument says, which moved the 270M's logits by ~1e-2."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
 class MLP(nn.Module):
     """GeGLU with tanh-GELU."""
 
@@ -172,7 +179,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):

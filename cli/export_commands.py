@@ -1,0 +1,57 @@
+"""`gemma-edge export pte | bench`: device artifacts and their speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import MODEL_HELP, add_command
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from gemma_edge.model.bundled import resolve_model_path
+
+    if args.format == "pte":
+        from gemma_edge.export.executorch import export_pte
+
+        out = export_pte(resolve_model_path(args.model), args.out, max_seq_len=args.max_seq_len,
+                         overwrite=args.overwrite)
+        manifest = json.loads((out / "manifest.json").read_text())
+        print(f"wrote {out}/model.pte ({manifest['size_bytes'] / 2**20:.1f} MiB, sha256 {manifest['sha256'][:16]}…), "
+              "tokenizer.model, manifest.json")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from gemma_edge.runtimes.bench import bench
+
+    r = bench(args.artifact, prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, runs=args.runs,
+              threads=args.threads)
+    print(f"{r['artifact']}  ({r['file_mib']:.1f} MiB, {r['threads']} threads, median of {r['runs']} runs)")
+    print(f"  prefill  {r['prefill_tok_s']:8.1f} tok/s over {r['prompt_len']} tokens (time to first token {r['ttft_s']:.3f} s)")
+    print(f"  decode   {r['decode_tok_s']:8.1f} tok/s after a {r['prompt_len']}-token prompt")
+    print(f"  peak RSS {r['peak_rss_mib']:8.1f} MiB (interpreter with torch before loading: {r['baseline_rss_mib']:.1f} MiB)")
+    if args.json:
+        print(json.dumps(r, indent=2, sort_keys=True))
+
+
+def register(sub) -> None:
+    p = add_command(sub, "export", cmd_export, "export a device artifact (.pte)",
+                    "Export MODEL (a float checkpoint or a QuantizedCheckpoint folder) for a runtime. "
+                    "`pte`: ExecuTorch program lowered to XNNPACK with fused sliding-window attention "
+                    "(llama::update_cache / custom_sdpa), the runner metadata Android's LlmModule reads, plus "
+                    "tokenizer.model and manifest.json. Integers and scales come from the checkpoint unchanged.")
+    p.add_argument("format", choices=["pte"], help="artifact kind")
+    p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="KV-cache length (longest prompt + answer)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of an artifact",
+                    "Measure an exported folder in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "
+                    "decode tok/s after it, time to first token, peak RSS; the median of --runs.")
+    p.add_argument("artifact", help="folder with model.pte")
+    p.add_argument("--prompt-len", type=int, default=512)
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="also print the raw JSON")

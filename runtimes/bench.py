@@ -1,0 +1,66 @@
+"""`gemma-edge bench`: prefill and decode speed, time to first token, peak RSS and size of an artifact.
+
+Each measurement runs in a fresh subprocess, so peak RSS is that of a process that loaded only the
+artifact (the baseline of an interpreter with torch imported is reported beside it)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gemma_edge.model.errors import GemmaEdgeError
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
+    """One run: prefill `prompt_len` tokens in one call, then decode `decode_tokens` greedily."""
+    import torch
+
+    torch.set_num_threads(threads)
+    baseline = _rss_mib()
+    from .executorch_runner import ExecuTorchRunner
+
+    runner = ExecuTorchRunner(artifact_dir / "model.pte")
+    prompt = [2] + [(i * 7919) % 20_000 + 1000 for i in range(prompt_len - 1)]  # fixed ordinary ids
+    t0 = time.perf_counter()
+    logits = runner.prefill(prompt)
+    t1 = time.perf_counter()
+    token = int(logits.argmax())
+    for _ in range(decode_tokens):
+        token = int(runner.decode(token).argmax())
+    t2 = time.perf_counter()
+    return {"prefill_tok_s": prompt_len / (t1 - t0), "ttft_s": t1 - t0,
+            "decode_tok_s": decode_tokens / (t2 - t1), "peak_rss_mib": _rss_mib(),
+            "baseline_rss_mib": baseline}
+
+
+def bench(artifact_dir: str | Path, prompt_len: int = 512, decode_tokens: int = 64, runs: int = 3,
+          threads: int = 2) -> dict:
+    artifact_dir = Path(artifact_dir)
+    pte = artifact_dir / "model.pte"
+    if not pte.is_file():
+        raise GemmaEdgeError(f"{artifact_dir}: no model.pte; bench takes a folder from `gemma-edge export pte`")
+    results = []
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", str(artifact_dir), str(prompt_len),
+                               str(decode_tokens), str(threads)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise GemmaEdgeError(f"{pte}: benchmark run failed: {proc.stderr.strip().splitlines()[-1:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    summary = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    summary.update(file_mib=pte.stat().st_size / 2**20, runs=runs, threads=threads, prompt_len=prompt_len,
+                   decode_tokens=decode_tokens, artifact=str(pte))
+    return summary
+
+
+if __name__ == "__main__":  # the worker: one measurement, JSON on the last line
+    folder, plen, ntok, nthreads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    print(json.dumps(measure(Path(folder), plen, ntok, nthreads)))

@@ -1,0 +1,97 @@
+"""ExecuTorch export on tiny random models: semantics through executorch.runtime, metadata, determinism."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from gemma_edge.calibration.ptq import quantize_model
+from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
+from gemma_edge.export.executorch import export_pte
+from gemma_edge.model import GemmaEdgeError, load
+from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
+from gemma_edge.runtimes.executorch_runner import ExecuTorchRunner
+
+W = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("et")
+    ckpt = write_tiny_checkpoint(root / "tiny", tiny_config(sliding_window=W, num_kv_heads=2))
+    return ckpt, export_pte(ckpt, root / "pte", max_seq_len=4 * W)
+
+
+def _teacher_forced(runner, tokens, prefill):
+    out = [runner.prefill(tokens[:prefill])]
+    out += [runner.decode(t) for t in tokens[prefill:]]
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("prefill", [W - 3, W, 2 * W + 3])
+def test_pte_logits_equal_the_reference(tiny_export, prefill):
+    ckpt, folder = tiny_export
+    model = load(ckpt, max_seq_len=4 * W).model
+    tokens = torch.randint(0, model.config.vocab_size, (3 * W + 2,), generator=torch.Generator().manual_seed(prefill)).tolist()
+    with torch.no_grad():
+        full = model(torch.tensor([tokens]), torch.arange(len(tokens)))[0]
+    runner = ExecuTorchRunner(folder / "model.pte")
+    runner.reset()
+    got = _teacher_forced(runner, tokens, prefill)
+    torch.testing.assert_close(got, full[prefill - 1:], atol=1e-4, rtol=0)
+    runner.reset()  # a second session in the same loaded program: stale cache entries must not leak in
+    torch.testing.assert_close(_teacher_forced(runner, tokens, prefill), full[prefill - 1:], atol=1e-4, rtol=0)
+
+
+def test_runner_metadata(tiny_export):
+    from executorch.runtime import Runtime
+
+    ckpt, folder = tiny_export
+    program = Runtime.get().load_program(str(folder / "model.pte"))
+    value = lambda name: program.load_method(name).execute([])[0]  # noqa: E731
+    config = load(ckpt).config
+    assert value("get_max_seq_len") == value("get_max_context_len") == 4 * W
+    assert value("get_vocab_size") == config.vocab_size and value("get_n_layers") == config.num_layers
+    assert value("use_kv_cache") and value("use_sdpa_with_kv_cache") and value("enable_dynamic_shape")
+    assert value("get_bos_id") == 2
+    eos = program.load_method("get_eos_ids").execute([])
+    assert sorted(int(e) for e in eos) == [1, 6]  # <eos> and <end_of_turn> of the tiny vocabulary
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256((folder / "model.pte").read_bytes()).hexdigest()
+    assert manifest["metadata"]["get_eos_ids"] == [1, 6] and manifest["runtime"] == "executorch"
+
+
+def test_two_exports_are_byte_identical(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=2, sliding_window=W))
+    a = export_pte(ckpt, tmp_path / "a", max_seq_len=2 * W)
+    b = export_pte(ckpt, tmp_path / "b", max_seq_len=2 * W)
+    for name in ("model.pte", "tokenizer.model", "manifest.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_quantized_pte_runs_on_the_checkpoint_integers(tmp_path):
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=2, hidden_size=128,
+                                                                     intermediate_size=256)))
+    q = quantize_model(loaded, PRESETS["8da4w"], progress=False).save(tmp_path / "q")
+    folder = export_pte(q, tmp_path / "pte", max_seq_len=32)
+    reference = load(q, max_seq_len=32).model
+    tokens = list(range(10, 30))
+    with torch.no_grad():
+        expected = reference(torch.tensor([tokens]), torch.arange(20))[0, -1]
+    got = ExecuTorchRunner(folder / "model.pte").prefill(tokens)
+    assert torch.isfinite(got).all()
+    assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > 0.99
+    assert json.loads((folder / "manifest.json").read_text())["recipe"]["name"] == "8da4w"
+
+
+def test_unsupported_formats_are_refused(tmp_path):
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=2)))
+    q = quantize_model(loaded, PRESETS["fp8"], progress=False).save(tmp_path / "fp8")
+    with pytest.raises(GemmaEdgeError, match="fp8_e4m3 has no XNNPACK kernel"):
+        export_pte(q, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    asym = QuantRecipe("asym", linear="int4_block32_asym")
+    q = quantize_model(loaded, asym, progress=False).save(tmp_path / "asym")
+    with pytest.raises(GemmaEdgeError, match="int4_block32_asym has no XNNPACK kernel"):
+        export_pte(q, tmp_path / "out")

@@ -141,13 +141,15 @@ def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torc
 # ---- simulated dynamic activation quantization (8da4w) -----------------------------------------
 
 def fake_quantize_per_token_int8(x: torch.Tensor) -> torch.Tensor:
-    """Asymmetric int8 per token (row), range widened to include 0, as XNNPACK's dynamic quantization."""
-    lo = x.amin(-1, keepdim=True).clamp(max=0)
-    hi = x.amax(-1, keepdim=True).clamp(min=0)
-    scale = ((hi - lo) / 255).clamp(min=torch.finfo(torch.float32).eps)
-    zero_point = torch.clamp(torch.round(-128 - lo / scale), -128, 127)
-    q = torch.clamp(torch.round(x / scale) + zero_point, -128, 127)
-    return (q - zero_point) * scale
+    """Asymmetric int8 per token (row), as PyTorch's `quantized_decomposed` per-token ops define it — the
+    ops the `.pte` graph carries and XNNPACK's dynamic quantization reproduces. (The zero point is taken
+    from whichever end of the range loses less, so a hand-written min-side formula differs on some tokens.)"""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  registers quantized_decomposed
+
+    ops = torch.ops.quantized_decomposed
+    scale, zero_point = ops.choose_qparams_per_token_asymmetric(x, torch.int8)
+    q = ops.quantize_per_token(x, scale, zero_point, -128, 127, torch.int8)
+    return ops.dequantize_per_token(q, scale, zero_point, -128, 127, torch.int8, torch.float32)
 
 
 class DynamicInt8Linear(nn.Linear):

@@ -95,3 +95,15 @@ def test_unsupported_formats_are_refused(tmp_path):
     q = quantize_model(loaded, asym, progress=False).save(tmp_path / "asym")
     with pytest.raises(GemmaEdgeError, match="int4_block32_asym has no XNNPACK kernel"):
         export_pte(q, tmp_path / "out")
+
+
+def test_bench_reports_every_figure(tiny_export, capsys):
+    from gemma_edge.cli.main import main
+
+    _, folder = tiny_export
+    assert main(["bench", str(folder), "--prompt-len", "16", "--decode-tokens", "4", "--runs", "1", "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mib", "file_mib"):
+        assert report[key] > 0, key
+    assert report["file_mib"] == pytest.approx((folder / "model.pte").stat().st_size / 2**20)

@@ -68,6 +68,12 @@ def test_float32_teacher_forced_logits_including_a_700_token_prefill(exports, re
 
 @pytest.mark.parametrize("recipe", ["int4-block32", "8da4w"])
 def test_quantized_pte_agrees_with_its_quantized_reference(exports, real_model, recipe):
+    """Teacher-forced top-1 agreement >= 99% against the quantized reference from the same checkpoint.
+
+    Free-running greedy text is *not* asserted equal to the quantized reference: with int8 activations,
+    float noise of ~1e-6 between runtimes flips single roundings and the texts part after a few tokens
+    (docs/executorch.md records where). The stock runner must agree with our own runner on the same .pte.
+    """
     ckpt, pte = exports[recipe]
     reference = load(ckpt, max_seq_len=MAX_SEQ_LEN).model
     tokens = _long_prompt(real_model.tokenizer, 600)[300:] + _long_prompt(real_model.tokenizer, 300)
@@ -78,8 +84,8 @@ def test_quantized_pte_agrees_with_its_quantized_reference(exports, real_model, 
     tok = real_model.tokenizer
     for prompt in PROMPTS:
         text, _ = stock.generate(prompt, max_new_tokens=32)
-        ref = generate(ReferenceRunner(reference), tok.encode(prompt), 32)
-        assert text == tok.decode(ref), (recipe, prompt)
+        ours = generate(ExecuTorchRunner(pte / "model.pte"), tok.encode(prompt), 32)
+        assert text == tok.decode(ours), (recipe, prompt)
 
 
 def test_manifest_describes_the_quantized_artifact(exports):

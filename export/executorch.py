@@ -22,7 +22,7 @@ from torch import nn
 
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
-from gemma_edge.model.gemma import Gemma, attention_mask, ring_key_positions
+from gemma_edge.model.gemma import Gemma, attention_mask, register_kv, ring_key_positions
 from gemma_edge.model.tokenizer import Tokenizer
 
 from .manifest import write_manifest
@@ -39,9 +39,7 @@ class ETFullCache(nn.Module):
     def __init__(self, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
         self.max_seq_len = max_seq_len
-        shape = (1, max_seq_len, num_kv_heads, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        register_kv(self, (1, max_seq_len, num_kv_heads, head_dim), dtype)  # [batch, seq, heads, dim]
 
     def attend(self, q, k, v, input_pos, scale: float):
         start = input_pos[0].item()
@@ -57,9 +55,7 @@ class ETRingCache(nn.Module):
     def __init__(self, num_kv_heads: int, window: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
         self.window = window
-        shape = (1, window, num_kv_heads, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        register_kv(self, (1, window, num_kv_heads, head_dim), dtype)
 
     def attend(self, q, k, v, input_pos, scale: float):
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))

@@ -82,14 +82,18 @@ def ring_key_positions(start: torch.Tensor, window: int) -> torch.Tensor:
     return start - 1 - (start + window - 1 - slots) % window
 
 
+def register_kv(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Zeroed K and V buffers; not saved in state dicts (they are state, not weights)."""
+    module.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+    module.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+
 class FullKVCache(nn.Module):
     """Global layers: one slot per position up to `max_seq_len`."""
 
     def __init__(self, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
-        shape = (1, num_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        register_kv(self, (1, num_kv_heads, max_seq_len, head_dim), dtype)
 
     def reset(self) -> None:
         self.k.zero_()
@@ -114,9 +118,7 @@ class RingKVCache(nn.Module):
     def __init__(self, num_kv_heads: int, window: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
         self.window = window
-        shape = (1, num_kv_heads, window, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+        register_kv(self, (1, num_kv_heads, window, head_dim), dtype)
 
     def reset(self) -> None:
         self.k.zero_()

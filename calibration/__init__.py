@@ -1,1 +1,2 @@
-"""gemma_edge.calibration: calibration data, observers, quant formats, PTQ, QAT (issues 3 and 7; not built yet)."""
+"""gemma_edge.calibration: quant formats, recipes, calibration data and observers, PTQ, the
+QuantizedCheckpoint and evaluation. QAT (issue 7) is not built yet."""

@@ -48,7 +48,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from gemma_edge.model import ReferenceRunner, Sampling, StreamDecoder, format_chat, generate, load
     from gemma_edge.model.bundled import resolve_model_path
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     loaded = load(resolve_model_path(args.model), max_seq_len=args.max_seq_len)
     tok = loaded.tokenizer
     if tok is None:

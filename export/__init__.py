@@ -1,1 +1,2 @@
-"""gemma_edge.export: ExecuTorch and ONNX exporters and manifests (issues 4 and 5; not built yet)."""
+"""gemma_edge.export: the ExecuTorch exporter (`executorch.py`, `xnnpack_quant.py`) and manifests.
+The ONNX exporter (issue 5) is not built yet."""

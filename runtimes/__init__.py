@@ -1,1 +1,2 @@
-"""gemma_edge.runtimes: runners behind one interface, parity harness, benchmarks (issue 6; not built yet)."""
+"""gemma_edge.runtimes: runners for exported artifacts (`executorch_runner.py`) and `bench.py`. The
+parity harness and the ONNX runners (issues 5 and 6) are not built yet."""

@@ -104,29 +104,39 @@ def runner_metadata(model: Gemma, stop_ids: tuple[int, ...]) -> dict:
     }
 
 
-def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...]) -> bytes:
+def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True) -> bytes:
     """torch.export with a dynamic sequence length, XNNPACK partitioning, ExecuTorch program bytes."""
+    from tqdm import tqdm
+
     _load_custom_ops()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
+    bar = tqdm(total=3, desc="export .pte", unit="stage", disable=not progress)
     decoder = PteDecoder(model).eval()
     seq = torch.export.Dim("seq_len", min=1, max=model.max_seq_len)
     example = (torch.tensor([[2, 3]], dtype=torch.long), torch.tensor([0], dtype=torch.long))
+    bar.set_postfix_str("torch.export")
     with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         program = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, None), strict=True)
         program = program.run_decompositions({})
+    bar.update()
+    bar.set_postfix_str("lower to XNNPACK")
     edge = to_edge_transform_and_lower(
         program, partitioner=[XnnpackPartitioner()],
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
         constant_methods=runner_metadata(model, stop_ids))
+    bar.update()
+    bar.set_postfix_str("ExecuTorch program")
     et = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
         do_quant_fusion_and_const_prop=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
         sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+    bar.update()
+    bar.close()
     return et.buffer
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
-from gemma_edge.model.gemma import Gemma, attention_mask, register_kv, ring_key_positions
+from gemma_edge.model.gemma import Gemma, attention_mask, gelu_tanh_explicit, register_kv, ring_key_positions
 from gemma_edge.model.tokenizer import Tokenizer
 
 from .manifest import write_manifest
@@ -78,6 +78,7 @@ class PteDecoder(nn.Module):
         self.model = copy.deepcopy(model)
         c = self.model.config
         for layer in self.model.layers:
+            layer.mlp.act = gelu_tanh_explicit  # XNNPACK would lower aten.gelu as the erf GELU
             attn = layer.self_attn
             dtype = layer.input_layernorm.weight.dtype  # activations (the linears may be integer)
             attn.cache = (ETRingCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype) if attn.window

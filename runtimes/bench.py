@@ -29,7 +29,9 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
     from .executorch_runner import ExecuTorchRunner
 
     runner = ExecuTorchRunner(artifact_dir / "model.pte")
-    prompt = [2] + [(i * 7919) % 20_000 + 1000 for i in range(prompt_len - 1)]  # fixed ordinary ids
+    ordinary = runner.vocab_size - 1000 if runner.vocab_size > 2000 else runner.vocab_size - 7
+    first = 1000 if runner.vocab_size > 2000 else 7  # past the special tokens
+    prompt = [2] + [first + (i * 7919) % ordinary for i in range(prompt_len - 1)]  # fixed ordinary ids
     t0 = time.perf_counter()
     logits = runner.prefill(prompt)
     t1 = time.perf_counter()

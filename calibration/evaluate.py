@@ -21,6 +21,7 @@ class EvalResult:
     perplexity: float
     kl_to_float: float | None = None  # mean KL(float || model) per position, nats
     top1_agreement: float | None = None  # fraction of positions whose argmax equals the float model's
+    reference_perplexity: float | None = None  # the float model's, from the same forward passes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +49,7 @@ def evaluate(model: Gemma, tokens: Sequence[int], seq_len: int = 512, reference:
     windows = chunks(tokens, seq_len, model.config.bos_token_id)
     if not windows:
         raise ValueError(f"evaluation text has fewer than {seq_len} tokens")
-    nll = kl = agree = 0.0
+    nll = ref_nll = kl = agree = 0.0
     count = 0
     for seq in tqdm(windows, desc=desc, unit="window", disable=not progress):
         logp = F.log_softmax(_logits(model, seq), -1)[:-1]
@@ -56,12 +57,13 @@ def evaluate(model: Gemma, tokens: Sequence[int], seq_len: int = 512, reference:
         nll += -logp.gather(1, target[:, None]).sum().item()
         if reference is not None:
             ref_logp = F.log_softmax(_logits(reference, seq), -1)[:-1]
+            ref_nll += -ref_logp.gather(1, target[:, None]).sum().item()
             kl += (ref_logp.exp() * (ref_logp - logp)).sum().item()
             agree += (ref_logp.argmax(-1) == logp.argmax(-1)).sum().item()
         count += len(target)
-    return EvalResult(count, math.exp(nll / count),
-                      kl / count if reference is not None else None,
-                      agree / count if reference is not None else None)
+    if reference is None:
+        return EvalResult(count, math.exp(nll / count))
+    return EvalResult(count, math.exp(nll / count), kl / count, agree / count, math.exp(ref_nll / count))
 
 
 def weight_errors(float_weights: dict[str, torch.Tensor], dequantized: dict[str, torch.Tensor]) -> list[dict]:

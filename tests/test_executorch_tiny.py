@@ -62,6 +62,22 @@ def test_runner_metadata(tiny_export):
     assert manifest["metadata"]["get_eos_ids"] == [1, 6] and manifest["runtime"] == "executorch"
 
 
+def test_stock_runner_stats_carry_what_the_android_app_reads(tiny_export):
+    """The app's Java core parses onStats JSON from the same C++ runner; its sample must match this one."""
+    from pathlib import Path
+
+    from gemma_edge.runtimes.executorch_runner import StockTextRunner
+
+    _, folder = tiny_export
+    _, stats = StockTextRunner(folder).generate("hello there", max_new_tokens=4)
+    sample = Path(__file__).resolve().parents[1] / "android_demo" / "shared" / "runner_stats.json"
+    assert set(json.loads(sample.read_text())) <= set(stats)
+    assert stats["generated_tokens"] >= 1 and stats["prompt_tokens"] >= 2
+    span = stats["inference_end_ms"] - stats["prompt_eval_end_ms"]
+    if span > 0:  # the runner's own decode rate is the one the app recomputes from the timestamps
+        assert stats["decode_token_per_sec"] == pytest.approx(stats["generated_tokens"] * 1000 / span, rel=1e-3)
+
+
 def test_two_exports_are_byte_identical(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=2, sliding_window=W))
     a = export_pte(ckpt, tmp_path / "a", max_seq_len=2 * W)

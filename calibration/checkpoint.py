@@ -28,7 +28,7 @@ from gemma_edge.model.loader import LoadedModel
 from gemma_edge.model.tokenizer import Tokenizer
 
 from .formats import QTensor, QuantFormat, pack_int4, unpack_int4
-from .recipe import EMBEDDING, LM_HEAD, QuantRecipe
+from .recipe import LM_HEAD, QuantRecipe
 
 FORMAT_TAG = "gemma-edge-quantized-v1"
 
@@ -56,7 +56,10 @@ class QuantizedCheckpoint:
         return state
 
     # ---- the quantized reference -----------------------------------------------------------------
-    def build_model(self, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32) -> Gemma:
+    def build_model(self, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
+                    activations: str | None = None) -> Gemma:
+        """The quantized reference. `activations` overrides the recipe's, to mirror a runtime that
+        quantizes activations itself (XNNPACK runs every int4 linear on int8 dynamic activations)."""
         state = {k: v.to(dtype) for k, v in self.dequantized_state().items()}
         head = state.pop(LM_HEAD, None)
         model = Gemma(self.config, max_seq_len=max_seq_len, dtype=dtype)
@@ -64,7 +67,7 @@ class QuantizedCheckpoint:
         if head is not None:  # tied in the float model, but the LM head has its own format
             model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, dtype=dtype)
             model.lm_head.weight.data.copy_(head)
-        if self.recipe.activations == "int8_dynamic":
+        if (activations or self.recipe.activations) == "int8_dynamic":
             _quantize_activations(model)
         return model.eval()
 
@@ -129,13 +132,15 @@ class QuantizedCheckpoint:
         return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report)
 
 
-def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """`gemma_edge.model.load` for a quantized checkpoint: the quantized reference model."""
+def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
+                   activations: str | None = None) -> LoadedModel:
+    """`gemma_edge.model.load` for a quantized checkpoint: the quantized reference model
+    (`activations` as in `QuantizedCheckpoint.build_model`)."""
     path = Path(path)
     ckpt = QuantizedCheckpoint.load(path)
     seq = max_seq_len or min(4096, ckpt.config.max_position_embeddings)
     tok = Tokenizer(ckpt.tokenizer_model, str(path / "tokenizer.model")) if ckpt.tokenizer_model else None
-    return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype), tok, path)
+    return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations), tok, path)
 
 
 # ---- simulated dynamic activation quantization (8da4w) -----------------------------------------

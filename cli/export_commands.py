@@ -1,4 +1,4 @@
-"""`gemma-edge export pte | bench`: device artifacts and their speed."""
+"""`gemma-edge export pte | onnx`, `gemma-edge bench`: device artifacts and their speed."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ def cmd_export(args: argparse.Namespace) -> None:
         manifest = json.loads((out / "manifest.json").read_text())
         print(f"wrote {out}/model.pte ({manifest['size_bytes'] / 2**20:.1f} MiB, sha256 {manifest['sha256'][:16]}…), "
               "tokenizer.model, manifest.json")
+    else:
+        from gemma_edge.export.onnx import export_onnx
+
+        out = export_onnx(resolve_model_path(args.model), args.out, max_seq_len=args.max_seq_len,
+                          overwrite=args.overwrite)
+        size = sum(p.stat().st_size for p in (out / "model.onnx", out / "model.onnx.data")) / 2**20
+        print(f"wrote {out}/model.onnx + model.onnx.data ({size:.1f} MiB), genai_config.json, tokenizer.model, "
+              "manifest.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -35,12 +43,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    p = add_command(sub, "export", cmd_export, "export a device artifact (.pte)",
+    p = add_command(sub, "export", cmd_export, "export a device artifact (.pte or ONNX)",
                     "Export MODEL (a float checkpoint or a QuantizedCheckpoint folder) for a runtime. "
                     "`pte`: ExecuTorch program lowered to XNNPACK with fused sliding-window attention "
                     "(llama::update_cache / custom_sdpa), the runner metadata Android's LlmModule reads, plus "
-                    "tokenizer.model and manifest.json. Integers and scales come from the checkpoint unchanged.")
-    p.add_argument("format", choices=["pte"], help="artifact kind")
+                    "tokenizer.model and manifest.json. `onnx`: model.onnx + model.onnx.data on ONNX Runtime's "
+                    "GroupQueryAttention (local_window_size on sliding layers) and MatMulNBits, genai_config.json "
+                    "for onnxruntime-genai, tokenizer.model, manifest.json. Integers and scales come from the "
+                    "checkpoint unchanged.")
+    p.add_argument("format", choices=["pte", "onnx"], help="artifact kind")
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="KV-cache length (longest prompt + answer)")
@@ -49,7 +60,7 @@ def register(sub) -> None:
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of an artifact",
                     "Measure an exported folder in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "
                     "decode tok/s after it, time to first token, peak RSS; the median of --runs.")
-    p.add_argument("artifact", help="folder with model.pte")
+    p.add_argument("artifact", help="folder with model.pte or model.onnx")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)

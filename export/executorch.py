@@ -161,6 +161,8 @@ def pte_model(source: Path, max_seq_len: int) -> tuple[Gemma, Tokenizer]:
 
 def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False) -> Path:
     """`gemma-edge export pte`: model.pte + tokenizer.model + manifest.json in `out`."""
+    from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
+
     source = Path(source)
     if Path(out).exists() and not overwrite:
         raise GemmaEdgeError(f"{out}: output already exists; choose another --out or pass --overwrite")
@@ -170,5 +172,6 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
         (tmp / "model.pte").write_bytes(pte)
         (tmp / "tokenizer.model").write_bytes(tokenizer.serialized)
         write_manifest(tmp, source, artifact="model.pte", runtime="executorch",
-                       metadata=runner_metadata(model, tokenizer.stop_ids))
+                       metadata=runner_metadata(model, tokenizer.stop_ids),
+                       activations="int8_dynamic" if is_quantized_checkpoint(source) else "none")
     return Path(out)

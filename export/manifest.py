@@ -36,7 +36,10 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, metadata: dict[str, Any]) -> dict:
+def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, metadata: dict[str, Any],
+                   activations: str = "none") -> dict:
+    """`activations`: how the artifact really computes ("int8_dynamic" when the runtime quantizes
+    activations whatever the recipe says); the parity harness builds the matching reference from it."""
     recipe_file = source / "recipe.json" if source.is_dir() else None
     manifest = {
         "artifact": artifact,
@@ -46,6 +49,7 @@ def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, meta
         "source": {"name": source.name, "sha256": source_digest(source)},
         "recipe": json.loads(recipe_file.read_text()) if recipe_file and recipe_file.exists() else None,
         "metadata": metadata,
+        "activations": activations,
         "versions": {d: _version(d) for d in ("gemma-edge", "torch", "executorch", "onnx", "onnxruntime")
                      if _version(d)},
         "parity": None,

@@ -1,2 +1,31 @@
-"""gemma_edge.runtimes: runners for exported artifacts (`executorch_runner.py`) and `bench.py`. The
-parity harness and the ONNX runners (issues 5 and 6) are not built yet."""
+"""gemma_edge.runtimes: runners for exported artifacts behind one `Runner` protocol (`executorch_runner.py`,
+`onnx_runner.py`, `genai_runner.py`), `open_runner` to pick one for a folder, the fidelity helpers
+(`parity.py`) and `bench.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gemma_edge.model.errors import GemmaEdgeError
+
+
+def artifact_files(folder: str | Path) -> list[Path]:
+    """The files that hold an exported model (ONNX keeps its weights beside the graph)."""
+    folder = Path(folder)
+    if (folder / "model.pte").is_file():
+        return [folder / "model.pte"]
+    if (folder / "model.onnx").is_file():
+        return [p for p in (folder / "model.onnx", folder / "model.onnx.data") if p.is_file()]
+    raise GemmaEdgeError(f"{folder}: neither model.pte nor model.onnx; pass a folder written by gemma-edge export")
+
+
+def open_runner(folder: str | Path, threads: int | None = None):
+    """A prefill/decode runner for an exported folder: ExecuTorch for model.pte, ONNX Runtime for model.onnx."""
+    files = artifact_files(folder)
+    if files[0].suffix == ".pte":
+        from .executorch_runner import ExecuTorchRunner
+
+        return ExecuTorchRunner(files[0])
+    from .onnx_runner import OnnxRunner
+
+    return OnnxRunner(folder, threads=threads)

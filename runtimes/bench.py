@@ -26,9 +26,9 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
 
     torch.set_num_threads(threads)
     baseline = _rss_mib()
-    from .executorch_runner import ExecuTorchRunner
+    from . import open_runner
 
-    runner = ExecuTorchRunner(artifact_dir / "model.pte")
+    runner = open_runner(artifact_dir, threads=threads)
     ordinary = runner.vocab_size - 1000 if runner.vocab_size > 2000 else runner.vocab_size - 7
     first = 1000 if runner.vocab_size > 2000 else 7  # past the special tokens
     prompt = [2] + [first + (i * 7919) % ordinary for i in range(prompt_len - 1)]  # fixed ordinary ids
@@ -46,20 +46,20 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
 
 def bench(artifact_dir: str | Path, prompt_len: int = 512, decode_tokens: int = 64, runs: int = 3,
           threads: int = 2) -> dict:
+    from . import artifact_files
+
     artifact_dir = Path(artifact_dir)
-    pte = artifact_dir / "model.pte"
-    if not pte.is_file():
-        raise GemmaEdgeError(f"{artifact_dir}: no model.pte; bench takes a folder from `gemma-edge export pte`")
+    files = artifact_files(artifact_dir)
     results = []
     for _ in range(runs):
         proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", str(artifact_dir), str(prompt_len),
                                str(decode_tokens), str(threads)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise GemmaEdgeError(f"{pte}: benchmark run failed: {proc.stderr.strip().splitlines()[-1:]}")
+            raise GemmaEdgeError(f"{files[0]}: benchmark run failed: {proc.stderr.strip().splitlines()[-1:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     summary = {k: statistics.median(r[k] for r in results) for k in results[0]}
-    summary.update(file_mib=pte.stat().st_size / 2**20, runs=runs, threads=threads, prompt_len=prompt_len,
-                   decode_tokens=decode_tokens, artifact=str(pte))
+    summary.update(file_mib=sum(f.stat().st_size for f in files) / 2**20, runs=runs, threads=threads,
+                   prompt_len=prompt_len, decode_tokens=decode_tokens, artifact=str(files[0]))
     return summary
 
 

@@ -44,6 +44,22 @@ def real_model(real_hf_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def real_quantized(real_model, tmp_path_factory):
+    """recipe name -> QuantizedCheckpoint folder of the real 270M, quantized once per session."""
+    from gemma_edge.calibration.ptq import quantize_model
+    from gemma_edge.calibration.recipe import PRESETS
+
+    root, done = tmp_path_factory.mktemp("real-quantized"), {}
+
+    def get(recipe: str) -> Path:
+        if recipe not in done:
+            done[recipe] = quantize_model(real_model, PRESETS[recipe], progress=False).save(root / recipe)
+        return done[recipe]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def hf_real_model(real_hf_dir: Path):
     """transformers' own Gemma3ForCausalLM on the same folder: the independent oracle."""
     from transformers import Gemma3ForCausalLM

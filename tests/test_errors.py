@@ -6,11 +6,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from gemma_edge.model import GemmaEdgeError, ReferenceRunner, convert, load
-from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
 
 
 def test_missing_path(tmp_path):

@@ -4,13 +4,11 @@ import hashlib
 import json
 
 import pytest
-import torch
 
-from gemma_edge.calibration.ptq import quantize_model
-from gemma_edge.calibration.recipe import PRESETS
 from gemma_edge.export.executorch import export_pte
-from gemma_edge.model import ReferenceRunner, format_chat, generate, load
+from gemma_edge.model import ReferenceRunner, format_chat, generate
 from gemma_edge.runtimes.executorch_runner import ExecuTorchRunner, StockTextRunner
+from gemma_edge.runtimes.parity import noise_floor, reference_for, reference_logits, runner_logits, top1_agreement
 
 pytestmark = pytest.mark.real
 
@@ -20,12 +18,12 @@ PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
 
 
 @pytest.fixture(scope="module")
-def exports(real_model, real_hf_dir, tmp_path_factory):
+def exports(real_quantized, real_hf_dir, tmp_path_factory):
     """float32 from the converted folder; int4-block32 and 8da4w from QuantizedCheckpoints."""
     root = tmp_path_factory.mktemp("pte-real")
     out = {"float32": (real_hf_dir, export_pte(real_hf_dir, root / "float32", max_seq_len=MAX_SEQ_LEN))}
     for recipe in ("int4-block32", "8da4w"):
-        ckpt = quantize_model(real_model, PRESETS[recipe], progress=False).save(root / f"q-{recipe}")
+        ckpt = real_quantized(recipe)
         out[recipe] = (ckpt, export_pte(ckpt, root / recipe, max_seq_len=MAX_SEQ_LEN))
     return out
 
@@ -38,12 +36,8 @@ def _long_prompt(tokenizer, n=700):
 
 def _teacher_forced(pte_dir, reference, tokens, prefill):
     """Logits of the .pte (prefill in one call, then one token at a time) and of the reference."""
-    runner = ExecuTorchRunner(pte_dir / "model.pte")
-    got = torch.stack([runner.prefill(tokens[:prefill])] + [runner.decode(t) for t in tokens[prefill:]])
-    reference.reset_caches()
-    with torch.no_grad():
-        expected = reference(torch.tensor([tokens]), torch.arange(len(tokens)))[0, prefill - 1:]
-    return got, expected
+    return (runner_logits(ExecuTorchRunner(pte_dir / "model.pte"), tokens, prefill),
+            reference_logits(reference, tokens, prefill))
 
 
 def test_float32_stock_runner_generates_the_reference_tokens(exports, real_model):
@@ -67,21 +61,21 @@ def test_float32_teacher_forced_logits_including_a_700_token_prefill(exports, re
 
 
 @pytest.mark.parametrize("recipe", ["int4-block32", "8da4w"])
-def test_quantized_pte_agrees_with_its_quantized_reference(exports, real_model, recipe):
-    """Teacher-forced top-1 agreement against the quantized reference from the same checkpoint.
-
-    Issue #4 asks for >= 99%; measured on this 601-token sequence: 98.3% (int4-block32) and 97.3% (8da4w),
-    so the issue stays open and this test guards what holds (>= 95%: a wrong weight, scale or mask drops
-    far below). With int8 activations, float noise of ~1e-6 between runtimes flips single roundings, which
-    also makes free-running greedy text part from the reference after a few tokens (docs/executorch.md).
-    The stock runner must agree with our own runner on the same .pte.
+def test_quantized_pte_agrees_with_its_reference_to_the_noise_floor(exports, real_model, recipe):
+    """Teacher-forced top-1 agreement with the quantized reference built as the .pte computes (int8
+    dynamic activations: the manifest says so) reaches that reference's own noise floor — its agreement
+    with itself under a 2^-22 nudge (runtimes/parity.py). Issue #4 asks for >= 99%; the floor on this
+    601-token sequence is ~98.3%, so no runtime can reach 99% (docs/executorch.md). A wrong weight, scale
+    or mask falls far below. The stock runner must also agree with our own runner on the same .pte.
     """
     ckpt, pte = exports[recipe]
-    reference = load(ckpt, max_seq_len=MAX_SEQ_LEN).model
-    tokens = _long_prompt(real_model.tokenizer, 600)[300:] + _long_prompt(real_model.tokenizer, 300)
-    got, expected = _teacher_forced(pte, reference, [2] + tokens, prefill=200)
-    agreement = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
-    assert agreement >= 0.95, f"{recipe}: top-1 agreement {agreement:.3f}"
+    assert json.loads((pte / "manifest.json").read_text())["activations"] == "int8_dynamic"
+    reference = reference_for(pte, ckpt, max_seq_len=MAX_SEQ_LEN).model
+    tokens = [2] + _long_prompt(real_model.tokenizer, 600)[300:] + _long_prompt(real_model.tokenizer, 300)
+    floor = noise_floor(reference, tokens, prefill=200)
+    agreement = top1_agreement(runner_logits(ExecuTorchRunner(pte / "model.pte"), tokens, 200),
+                               reference_logits(reference, tokens, 200))
+    assert agreement >= floor - 0.005 and agreement >= 0.95, f"{recipe}: {agreement:.4f} vs floor {floor:.4f}"
     stock = StockTextRunner(pte)
     tok = real_model.tokenizer
     for prompt in PROMPTS:

@@ -60,6 +60,7 @@ def test_runner_metadata(tiny_export):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256((folder / "model.pte").read_bytes()).hexdigest()
     assert manifest["metadata"]["get_eos_ids"] == [1, 6] and manifest["runtime"] == "executorch"
+    assert manifest["activations"] == "none"
 
 
 def test_stock_runner_stats_carry_what_the_android_app_reads(tiny_export):
@@ -98,7 +99,8 @@ def test_quantized_pte_runs_on_the_checkpoint_integers(tmp_path):
     got = ExecuTorchRunner(folder / "model.pte").prefill(tokens)
     assert torch.isfinite(got).all()
     assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > 0.99
-    assert json.loads((folder / "manifest.json").read_text())["recipe"]["name"] == "8da4w"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "8da4w" and manifest["activations"] == "int8_dynamic"
 
 
 def test_unsupported_formats_are_refused(tmp_path):

@@ -1,0 +1,341 @@
+"""ONNX export on ONNX Runtime's fused ops, built with onnx-ir (no hand-assembled protobuf).
+
+`model.onnx` (+ `model.onnx.data`) has the decoder interface onnxruntime-genai drives:
+inputs `input_ids` [B, S] and `attention_mask` [B, P + S] (int64), `past_key_values.{i}.key|value`
+[B, kv_heads, P, head_dim]; outputs `logits` [B, S, vocab] and `present.{i}.key|value` [B, kv_heads, P + S,
+head_dim]. Caches grow with the sequence; on sliding layers `com.microsoft.GroupQueryAttention`'s
+`local_window_size` limits what a query sees, so prompts longer than the window prefill in one call.
+
+Per layer: SimplifiedLayerNormalization with weight (1 + w) (the sandwich norms and QK-norm), projections,
+GroupQueryAttention with fused RoPE (cos/sin caches per layer type, computed by the reference's own
+functions), GeGLU with tanh-GELU. Weights come from a float checkpoint or from a QuantizedCheckpoint as
+they are: int4 → `MatMulNBits` (the checkpoint's integers offset by 8, two per byte low nibble first, its
+bf16 scales as float32, float activations); int8 / fp8 → `DequantizeLinear` + MatMul; the embedding is a
+Gather (+ dequantize); the tied LM head reads the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
+from gemma_edge.model.atomic import atomic_dir
+from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
+
+from .manifest import write_manifest
+
+OPSET = 23
+EXTERNAL_DATA = "model.onnx.data"
+
+
+@dataclass
+class Weights:
+    """Where the exporter reads each tensor: float tensors by name, quantized ones as QTensors."""
+
+    config: GemmaConfig
+    floats: dict[str, torch.Tensor]
+    quantized: dict = field(default_factory=dict)
+    tokenizer: Tokenizer | None = None
+    activations: str = "none"
+
+
+def read_weights(source: Path) -> Weights:
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint
+    from gemma_edge.model import read_checkpoint
+
+    if is_quantized_checkpoint(source):
+        ckpt = QuantizedCheckpoint.load(source)
+        tok = Tokenizer(ckpt.tokenizer_model) if ckpt.tokenizer_model else None
+        return Weights(ckpt.config, dict(ckpt.floats), dict(ckpt.quantized), tok, ckpt.recipe.activations)
+    config, state, tok_bytes = read_checkpoint(source, progress=False)
+    return Weights(config, {k: v.float() for k, v in state.items()}, {}, Tokenizer(tok_bytes) if tok_bytes else None)
+
+
+def _numpy(t: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(t, np.ndarray):
+        return t
+    t = t.detach().contiguous()
+    if t.dtype == torch.float8_e4m3fn:  # numpy has no float8; ml_dtypes' type is what onnx-ir writes
+        return t.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+    return t.numpy()
+
+
+class GraphBuilder:
+    """A tape of nodes plus named initializers; one method per kind of layer the decoder needs."""
+
+    def __init__(self, w: Weights):
+        self.w, self.c = w, w.config
+        self.tape = ir.tape.Tape()
+        self._consts: dict[str, ir.Value] = {}
+
+    # ---- initializers ----------------------------------------------------------------------------
+    def init(self, name: str, array: np.ndarray | torch.Tensor) -> ir.Value:
+        """A named initializer, created once: a second request by the same name shares the first."""
+        if name not in self._consts:
+            self._consts[name] = self.tape.initializer(ir.tensor(_numpy(array), name=name), name=name)
+        return self._consts[name]
+
+    def const_i64(self, *values: int) -> ir.Value:
+        return self.init("const_i64_" + "_".join(str(v).replace("-", "m") for v in values),
+                         np.array(values, dtype=np.int64))
+
+    def const_f32(self, value: float) -> ir.Value:
+        return self.init(f"const_f32_{value!r}", np.array(value, dtype=np.float32))
+
+    def op(self, op_type: str, *inputs: ir.Value | None, domain: str = "", **attrs) -> ir.Value:
+        return self.tape.op(op_type, list(inputs), attrs or None, domain=domain)
+
+    # ---- layers ----------------------------------------------------------------------------------
+    def rms_norm(self, x: ir.Value, weight_name: str) -> ir.Value:
+        """Gemma's RMSNorm; (1 + w) is computed here in float32, as the reference does."""
+        scale = 1.0 + self.w.floats[weight_name].float()
+        return self.op("RMSNormalization", x, self.init(weight_name + ".plus1", scale),
+                       axis=-1, epsilon=self.c.rms_norm_eps, stash_type=1)
+
+    def linear(self, x: ir.Value, name: str) -> ir.Value:
+        """x @ W.T for the weight `name` ([out, in]), in whatever format the checkpoint holds it."""
+        q = self.w.quantized.get(name)
+        if q is None:
+            wt = self.w.floats[name].float().t()
+            return self.op("MatMul", x, self.init(name + ".T", wt))
+        kind = q.fmt.kind
+        n, k = q.shape
+        if kind == "int4":
+            return self._matmul_nbits(x, name, q)
+        if kind in ("int8", "fp8_e4m3") and q.fmt.block is None and q.zero_point is None:
+            data = q.qdata.t().contiguous()  # [in, out]: per-output-channel scales on axis 1
+            scale = q.scale.float().reshape(n)
+            deq = self.op("DequantizeLinear", self.init(name + ".qdata.T", data), self.init(name + ".scale", scale),
+                          axis=1)
+            return self.op("MatMul", x, deq)
+        raise GemmaEdgeError(f"{name}: format {q.fmt.name} has no ONNX export (int4 block/channel, int8 channel "
+                             "and fp8_e4m3 do); choose another recipe")
+
+    def nbits(self, name: str, q) -> tuple[ir.Value, ir.Value, int]:
+        """An int4 QTensor in MatMulNBits layout: packed [N, K / block, block / 2], scales [N * K / block].
+
+        MatMulNBits takes power-of-two blocks of at least 16; a per-channel scale over a K that is not one
+        (640 in the 270M) is repeated over 128-wide blocks. Integers and scale values are unchanged."""
+        from gemma_edge.calibration.formats import pack_int4
+
+        n, k = q.shape
+        block, scale = q.fmt.block or k, q.scale.float()
+        if block & (block - 1) or block < 16:
+            block = math.gcd(k, 128)
+            scale = scale.repeat_interleave(k // block // scale.shape[1], dim=1)
+        packed = self.init(name + ".nbits", pack_int4(q.qdata, signed=True).reshape(n, k // block, block // 2))
+        return packed, self.init(name + ".nbits_scale", scale.reshape(-1)), block
+
+    def _matmul_nbits(self, x: ir.Value, name: str, q) -> ir.Value:
+        n, k = q.shape
+        packed, scale, block = self.nbits(name, q)
+        inputs = [x, packed, scale]
+        if q.zero_point is not None:
+            zp = q.zero_point.to(torch.uint8).repeat_interleave(k // block // q.zero_point.shape[1], dim=1)
+            zp = torch.nn.functional.pad(zp, (0, zp.shape[1] % 2))
+            inputs.append(self.init(name + ".nbits_zp", zp[:, 0::2] | (zp[:, 1::2] << 4)))
+        return self.op("MatMulNBits", *inputs, domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
+                       accuracy_level=0)
+
+    def embedding(self, ids: ir.Value) -> ir.Value:
+        from gemma_edge.calibration.recipe import EMBEDDING
+
+        q = self.w.quantized.get(EMBEDDING)
+        if q is None:
+            return self.op("Gather", self.init(EMBEDDING, self.w.floats[EMBEDDING].float()), ids)
+        vocab, hidden = q.shape
+        if q.zero_point is not None:
+            raise GemmaEdgeError(f"embedding format {q.fmt.name} has no ONNX export; use a symmetric one")
+        if q.fmt.kind == "int4":
+            # The very tensors MatMulNBits reads for a tied head, viewed as rows: one copy in the file.
+            packed, flat_scale, block = self.nbits(EMBEDDING, q)
+            table = self.op("Reshape", packed, self.const_i64(vocab, hidden // 2))
+            scale_rows = self.op("Reshape", flat_scale, self.const_i64(vocab, hidden // block))
+            scales = self.op("Gather", scale_rows, ids)  # [B, S, groups]
+            rows = self.op("Gather", table, ids)
+            lo = self.op("BitwiseAnd", rows, self.init("u8_15", np.array(15, dtype=np.uint8)))
+            hi = self.op("BitShift", rows, self.init("u8_4", np.array(4, dtype=np.uint8)), direction="RIGHT")
+            pairs = self.op("Concat", self.op("Unsqueeze", lo, self.const_i64(-1)),
+                            self.op("Unsqueeze", hi, self.const_i64(-1)), axis=-1)
+            values = self.op("Sub", self.op("Cast", pairs, to=ir.DataType.FLOAT), self.const_f32(8.0))
+        elif q.fmt.kind == "fp8_e4m3" and q.fmt.block is None:
+            # ONNX Runtime's Gather takes no float8: gather rows of the dequantized table, which the tied
+            # head reads as well (one DequantizeLinear per call).
+            return self.op("Gather", self.fp8_table(q), ids)
+        elif q.fmt.kind == "int8":
+            block = q.fmt.block or hidden
+            scales = self.op("Gather", self.init(EMBEDDING + ".scale", q.scale.float()), ids)  # [B, S, groups]
+            values = self.op("Cast", self.op("Gather", self.init(EMBEDDING + ".qdata", q.qdata), ids),
+                             to=ir.DataType.FLOAT)
+        else:
+            raise GemmaEdgeError(f"embedding format {q.fmt.name} has no ONNX export")
+        grouped = self.op("Reshape", values, self.const_i64(0, 0, hidden // block, block))
+        out = self.op("Mul", grouped, self.op("Unsqueeze", scales, self.const_i64(-1)))
+        return self.op("Reshape", out, self.const_i64(0, 0, hidden))
+
+    def fp8_table(self, q) -> ir.Value:
+        """The fp8 embedding dequantized with its per-row scales, built once and shared."""
+        from gemma_edge.calibration.recipe import EMBEDDING
+
+        if "fp8_table" not in self._consts:
+            self._consts["fp8_table"] = self.op(
+                "DequantizeLinear", self.init(EMBEDDING + ".qdata", q.qdata),
+                self.init(EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
+        return self._consts["fp8_table"]
+
+    def lm_head(self, x: ir.Value) -> ir.Value:
+        from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
+
+        if LM_HEAD in self.w.quantized or LM_HEAD in self.w.floats:
+            return self.linear(x, LM_HEAD)
+        q = self.w.quantized.get(EMBEDDING)
+        if q is not None and q.fmt.kind == "int4":  # tied: the same packed bytes and scales as the Gather
+            return self._matmul_nbits(x, EMBEDDING, q)
+        if q is not None and q.fmt.kind == "fp8_e4m3":
+            table = self.fp8_table(q)
+        elif q is not None:
+            table = self.op("DequantizeLinear", self._consts[EMBEDDING + ".qdata"], self.init(
+                EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
+        else:
+            table = self._consts[EMBEDDING]
+        flat = self.op("Reshape", x, self.const_i64(-1, self.c.hidden_size))
+        logits = self.op("Gemm", flat, table, transB=1)
+        return self.op("Reshape", logits, self.op("Concat", self.op("Shape", x, end=2),
+                                                   self.const_i64(self.c.vocab_size), axis=0))
+
+
+def build_graph(w: Weights, max_seq_len: int) -> ir.Model:
+    c = w.config
+    b = GraphBuilder(w)
+    f32, i64 = ir.DataType.FLOAT, ir.DataType.INT64
+    ids = ir.Value(name="input_ids", type=ir.TensorType(i64), shape=ir.Shape(["batch_size", "sequence_length"]))
+    mask = ir.Value(name="attention_mask", type=ir.TensorType(i64),
+                    shape=ir.Shape(["batch_size", "total_sequence_length"]))
+    kv_shape = ["batch_size", c.num_kv_heads, "past_sequence_length", c.head_dim]
+    present_shape = ["batch_size", c.num_kv_heads, "total_sequence_length", c.head_dim]
+    inputs, outputs = [ids, mask], []
+
+    # GroupQueryAttention's bookkeeping, from the mask as onnxruntime-genai feeds it.
+    total = b.op("Cast", b.op("Gather", b.op("Shape", mask), b.init("i64_1", np.array(1, dtype=np.int64))),
+                 to=ir.DataType.INT32)
+    seqlens_k = b.op("Cast", b.op("Sub", b.op("ReduceSum", mask, b.const_i64(1), keepdims=0),
+                                  b.init("i64_one", np.array(1, dtype=np.int64))), to=ir.DataType.INT32)
+    positions = torch.arange(max_seq_len)
+    caches = {}
+    for kind, rope in (("local", c.rope_local), ("global", c.rope_global)):
+        cos, sin = rope_cos_sin(rope_inv_freq(rope, c.head_dim), positions)
+        caches[kind] = (b.init(f"cos_cache_{kind}", cos[:, : c.head_dim // 2]),
+                        b.init(f"sin_cache_{kind}", sin[:, : c.head_dim // 2]))
+
+    x = b.op("Mul", b.embedding(ids), b.const_f32(float(np.float32(math.sqrt(c.hidden_size)))))
+    for i in range(c.num_layers):
+        p = f"layers.{i}."
+        h = b.rms_norm(x, p + "input_layernorm.weight")
+        q = b.linear(h, p + "self_attn.q_proj.weight")
+        k = b.linear(h, p + "self_attn.k_proj.weight")
+        v = b.linear(h, p + "self_attn.v_proj.weight")
+        q = b.op("Reshape", b.rms_norm(b.op("Reshape", q, b.const_i64(0, 0, -1, c.head_dim)),
+                                       p + "self_attn.q_norm.weight"), b.const_i64(0, 0, -1))
+        k = b.op("Reshape", b.rms_norm(b.op("Reshape", k, b.const_i64(0, 0, -1, c.head_dim)),
+                                       p + "self_attn.k_norm.weight"), b.const_i64(0, 0, -1))
+        past_k = ir.Value(name=f"past_key_values.{i}.key", type=ir.TensorType(f32), shape=ir.Shape(kv_shape))
+        past_v = ir.Value(name=f"past_key_values.{i}.value", type=ir.TensorType(f32), shape=ir.Shape(kv_shape))
+        inputs += [past_k, past_v]
+        sliding = c.is_sliding(i)
+        cos, sin = caches["local" if sliding else "global"]
+        attn, present_k, present_v = b.tape.op_multi_out(
+            "GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total, cos, sin],
+            dict(num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, scale=c.query_pre_attn_scalar ** -0.5,
+                 local_window_size=c.sliding_window if sliding else -1, do_rotary=1, rotary_interleaved=0),
+            num_outputs=3, domain="com.microsoft")
+        present_k.name, present_v.name = f"present.{i}.key", f"present.{i}.value"
+        present_k.shape = present_v.shape = ir.Shape(present_shape)
+        present_k.type = present_v.type = ir.TensorType(f32)
+        outputs += [present_k, present_v]
+        o = b.rms_norm(b.linear(attn, p + "self_attn.o_proj.weight"), p + "post_attention_layernorm.weight")
+        x = b.op("Add", x, o)
+        h = b.rms_norm(x, p + "pre_feedforward_layernorm.weight")
+        gate = b.op("Gelu", b.linear(h, p + "mlp.gate_proj.weight"), approximate="tanh")
+        m = b.linear(b.op("Mul", gate, b.linear(h, p + "mlp.up_proj.weight")), p + "mlp.down_proj.weight")
+        x = b.op("Add", x, b.rms_norm(m, p + "post_feedforward_layernorm.weight"))
+    logits = b.lm_head(b.rms_norm(x, "norm.weight"))
+    if c.final_logit_softcapping is not None:
+        cap = b.const_f32(float(c.final_logit_softcapping))
+        logits = b.op("Mul", b.op("Tanh", b.op("Div", logits, cap)), cap)
+    logits = b.op("Identity", logits)
+    logits.name, logits.type = "logits", ir.TensorType(f32)
+    logits.shape = ir.Shape(["batch_size", "sequence_length", c.vocab_size])
+    graph = ir.Graph(inputs, [logits] + outputs, nodes=b.tape.nodes, initializers=b.tape.initializers,
+                     opset_imports={"": OPSET, "com.microsoft": 1}, name="gemma3_decoder")
+    return ir.Model(graph, ir_version=11, producer_name="gemma-edge")
+
+
+def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int) -> dict:
+    """The decoder description onnxruntime-genai reads (greedy search by default)."""
+    return {
+        "model": {
+            "bos_token_id": tokenizer.bos_id,
+            "context_length": max_seq_len,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": "model.onnx",
+                "head_size": c.head_dim,
+                "hidden_size": c.hidden_size,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": c.num_heads,
+                "num_hidden_layers": c.num_layers,
+                "num_key_value_heads": c.num_kv_heads,
+            },
+            "eos_token_id": list(tokenizer.stop_ids),
+            "pad_token_id": tokenizer.pad_id,
+            "type": "gemma3_text",
+            "vocab_size": c.vocab_size,
+        },
+        "search": {"do_sample": False, "early_stopping": True, "max_length": max_seq_len, "min_length": 0,
+                   "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": False,
+                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+                   "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
+    }
+
+
+def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False) -> Path:
+    """`gemma-edge export onnx`: model.onnx + model.onnx.data + genai_config.json + tokenizer + manifest."""
+    import onnx
+
+    source = Path(source)
+    if Path(out).exists() and not overwrite:
+        raise GemmaEdgeError(f"{out}: output already exists; choose another --out or pass --overwrite")
+    w = read_weights(source)
+    if w.activations != "none":
+        raise GemmaEdgeError(f"{source}: recipe quantizes activations ({w.activations}); ONNX export takes "
+                             "weight-only recipes (int4-block32, int4-block32-emb4, int4-channel, fp8)")
+    if w.tokenizer is None:
+        raise GemmaEdgeError(f"{source}: no tokenizer.model; the ONNX folder ships with one")
+    if max_seq_len > w.config.max_position_embeddings:
+        raise GemmaEdgeError(f"--max-seq-len {max_seq_len} exceeds the model's context of "
+                             f"{w.config.max_position_embeddings}")
+    model = build_graph(w, max_seq_len)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        ir.save(model, tmp / "model.onnx", external_data=EXTERNAL_DATA)
+        onnx.checker.check_model(str(tmp / "model.onnx"), full_check=False)
+        (tmp / "genai_config.json").write_text(
+            json.dumps(genai_config(w.config, w.tokenizer, max_seq_len), indent=2, sort_keys=True) + "\n")
+        (tmp / "tokenizer.model").write_bytes(w.tokenizer.serialized)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+             "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}, indent=2, sort_keys=True) + "\n")
+        write_manifest(tmp, source, artifact="model.onnx", runtime="onnxruntime",
+                       metadata={"max_seq_len": max_seq_len, "external_data": EXTERNAL_DATA,
+                                 "eos_ids": list(w.tokenizer.stop_ids), "bos_id": w.tokenizer.bos_id})
+    return Path(out)

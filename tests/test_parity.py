@@ -1,0 +1,61 @@
+"""The fidelity helpers in gemma_edge.runtimes.parity, on tiny random models."""
+
+import json
+
+import pytest
+import torch
+
+from gemma_edge.calibration.checkpoint import DynamicInt8Linear
+from gemma_edge.calibration.ptq import quantize_model
+from gemma_edge.calibration.recipe import PRESETS
+from gemma_edge.model import GemmaEdgeError, ReferenceRunner, load
+from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
+from gemma_edge.runtimes.parity import (first_divergence, noise_floor, nudged, reference_for, reference_logits,
+                                        runner_logits, top1_agreement)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    ckpt = write_tiny_checkpoint(root / "tiny", tiny_config(sliding_window=8))
+    return root, ckpt, load(ckpt, max_seq_len=64)
+
+
+def test_runner_logits_equal_reference_logits_for_the_reference_itself(tiny):
+    _, _, loaded = tiny
+    tokens = list(range(3, 40))
+    a = runner_logits(ReferenceRunner(loaded.model), tokens, prefill=20)
+    b = reference_logits(loaded.model, tokens, prefill=20)
+    assert a.shape == (len(tokens) - 19, loaded.config.vocab_size)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert top1_agreement(a, b) == 1.0
+
+
+def test_nudge_is_tiny_and_undone(tiny):
+    _, _, loaded = tiny
+    model, tokens = loaded.model, list(range(3, 30))
+    before = model.embed_scale
+    base = reference_logits(model, tokens, 10)
+    with nudged(model):
+        assert model.embed_scale == pytest.approx(before * (1 + 2**-22), rel=1e-12)
+        moved = reference_logits(model, tokens, 10)
+    assert model.embed_scale == before
+    assert 0 < (moved - base).abs().max().item() < 1e-4
+    assert noise_floor(model, tokens, 10) == 1.0  # a float model is not chaotic at this scale
+
+
+def test_reference_follows_the_manifests_activations(tiny, tmp_path):
+    root, _, loaded = tiny
+    ckpt = quantize_model(loaded, PRESETS["int4-block32"], progress=False).save(root / "q")
+    for activations, expect in (("int8_dynamic", True), ("none", False)):
+        (tmp_path / "manifest.json").write_text(json.dumps({"activations": activations}))
+        model = reference_for(tmp_path, ckpt, max_seq_len=32).model
+        assert any(isinstance(m, DynamicInt8Linear) for m in model.modules()) is expect
+    with pytest.raises(GemmaEdgeError, match="manifest.json: missing"):
+        reference_for(tmp_path / "nowhere", ckpt)
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) == 3
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([], [4]) == 0

@@ -45,6 +45,7 @@ class QuantizedCheckpoint:
     floats: dict[str, torch.Tensor]
     tokenizer_model: bytes | None = None
     report: list[dict] = field(default_factory=list)
+    source: str | None = None  # the float checkpoint it came from (source.json): `parity --against float`
 
     @property
     def separate_lm_head(self) -> bool:
@@ -93,6 +94,8 @@ class QuantizedCheckpoint:
             (tmp / "config.json").write_text(json.dumps(self.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
             self.recipe.save(tmp / "recipe.json")
             (tmp / "quant_report.json").write_text(json.dumps(self.report, indent=2, sort_keys=True) + "\n")
+            if self.source is not None:
+                (tmp / "source.json").write_text(json.dumps({"path": self.source}) + "\n")
             if self.tokenizer_model is not None:
                 (tmp / "tokenizer.model").write_bytes(self.tokenizer_model)
         return Path(out)
@@ -129,7 +132,9 @@ class QuantizedCheckpoint:
         tok = path / "tokenizer.model"
         report_file = path / "quant_report.json"
         report = json.loads(report_file.read_text()) if report_file.exists() else []
-        return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report)
+        source_file = path / "source.json"
+        source = json.loads(source_file.read_text())["path"] if source_file.exists() else None
+        return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report, source)
 
 
 def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tqdm import tqdm
 
@@ -57,4 +59,5 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
         report.append({"name": name, "format": fmt.name, "shape": list(w.shape), "bytes": q.storage_bytes(),
                        "clip": recipe.clip, "relative_error": round(err.item(), 6)})
     return QuantizedCheckpoint(loaded.config, recipe, quantized, floats,
-                               loaded.tokenizer.serialized if loaded.tokenizer else None, report)
+                               loaded.tokenizer.serialized if loaded.tokenizer else None, report,
+                               str(Path(loaded.source).resolve()) if loaded.source else None)

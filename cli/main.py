@@ -8,7 +8,7 @@ from typing import Sequence
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from . import calibration_commands, export_commands, model_commands
+from . import calibration_commands, export_commands, model_commands, parity_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,20 +20,21 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(sub)
     calibration_commands.register(sub)
     export_commands.register(sub)
+    parity_commands.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except GemmaEdgeError as e:
         print(f"gemma-edge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ngemma-edge: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, meta
         "runtime": runtime,
         "sha256": sha256_file(folder / artifact),
         "size_bytes": (folder / artifact).stat().st_size,
-        "source": {"name": source.name, "sha256": source_digest(source)},
+        "source": {"name": source.name, "path": str(source.resolve()), "sha256": source_digest(source)},
         "recipe": json.loads(recipe_file.read_text()) if recipe_file and recipe_file.exists() else None,
         "metadata": metadata,
         "activations": activations,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -56,6 +57,15 @@ class ExecuTorchRunner:
 
     def decode(self, token: int) -> torch.Tensor:
         return self._forward([token])
+
+
+def join_byte_pieces(text: str) -> str:
+    """TextLLMRunner prints byte-fallback tokens as their piece names ("<0xE2><0x82><0xAC>"); turn runs of
+    them into the text SentencePiece decodes them to (invalid UTF-8 becomes U+FFFD, one per byte)."""
+    def decode(run: re.Match) -> str:
+        return bytes(int(h, 16) for h in re.findall(r"<0x([0-9A-F]{2})>", run.group())).decode("utf-8", "replace")
+
+    return re.sub(r"(?:<0x[0-9A-F]{2}>)+", decode, text)
 
 
 class StockTextRunner:

@@ -11,19 +11,22 @@ moves its logits by O(1) — so no runtime can agree with it more closely than i
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
-from gemma_edge.model import Gemma, LoadedModel, load
+from gemma_edge.model import Gemma, LoadedModel, ReferenceRunner, generate, load
 from gemma_edge.model.errors import GemmaEdgeError
 
 NUDGE = 2.0 ** -22
 
 
-def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int = 1024) -> LoadedModel:
+def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int | None = None) -> LoadedModel:
     """The reference an artifact must match: `source` loaded with the artifact's activation numerics."""
     manifest_path = Path(artifact_dir) / "manifest.json"
     try:
@@ -60,6 +63,12 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def floor_tolerance(floor: float, positions: int, margin: float = 0.01) -> float:
+    """How far top-1 may sit below the noise floor: `margin` plus three binomial standard deviations,
+    since both agreements are samples over `positions` (at least 1/n variance for a floor of 100%)."""
+    return margin + 3 * math.sqrt(max(floor * (1 - floor), 1 / positions) / positions)
+
+
 @contextmanager
 def nudged(model: Gemma, relative: float = NUDGE) -> Iterator[Gemma]:
     """The model with its embedding scale multiplied by (1 + relative), restored afterwards."""
@@ -72,7 +81,254 @@ def nudged(model: Gemma, relative: float = NUDGE) -> Iterator[Gemma]:
 
 
 def noise_floor(model: Gemma, tokens: Sequence[int], prefill: int) -> float:
-    """Top-1 agreement of the reference with itself nudged by 2^-22: the best any runtime can reach."""
+    """Top-1 agreement of the reference with itself nudged by ±2^-22 and 2^-21 (mean of the three): the
+    best any runtime can expect to reach."""
     base = reference_logits(model, tokens, prefill)
-    with nudged(model):
-        return top1_agreement(base, reference_logits(model, tokens, prefill))
+    agreements = []
+    for relative in (NUDGE, -NUDGE, 2 * NUDGE):
+        with nudged(model, relative):
+            agreements.append(top1_agreement(base, reference_logits(model, tokens, prefill)))
+    return sum(agreements) / len(agreements)
+
+
+
+# ---- the harness: metrics, thresholds, report -------------------------------------------------------
+
+THRESHOLDS = Path(__file__).with_name("thresholds.json")
+GREEDY_TOKENS = 32
+MIN_LOSS_POSITIONS = 64  # quantization loss is a statistic: prompts with fewer scored positions only report
+
+
+def logit_metrics(ref: torch.Tensor, got: torch.Tensor, targets: Sequence[int]) -> dict:
+    """Teacher-forced metrics over positions [N, vocab] whose next tokens are `targets` (N - 1 of them).
+    `finite` is False on any NaN or Inf in the artifact's logits, and then nothing else is computed."""
+    if not bool(torch.isfinite(got).all()):
+        return {"finite": False}
+    ref_logp, got_logp = F.log_softmax(ref.double(), -1), F.log_softmax(got.double(), -1)
+    top5_ref, top5_got = ref.topk(5, -1).indices, got.topk(5, -1).indices
+    target = torch.tensor(list(targets))[:, None]
+    return {
+        "finite": True,
+        "max_abs_logit": (got - ref).abs().max().item(),
+        "cosine_min": F.cosine_similarity(got.double(), ref.double(), dim=-1).min().item(),
+        "top1": top1_agreement(ref, got),
+        "top5": (top5_ref[:, :, None] == top5_got[:, None, :]).any(-1).double().mean().item(),
+        "kl": (ref_logp.exp() * (ref_logp - got_logp)).sum(-1).mean().item(),
+        "perplexity_ref": math.exp(-ref_logp[:-1].gather(1, target).mean().item()),
+        "perplexity": math.exp(-got_logp[:-1].gather(1, target).mean().item()),
+    }
+
+
+@dataclass
+class PromptResult:
+    name: str
+    tokens: int
+    prefill: int
+    metrics: dict
+    greedy_tokens: int  # tokens until the artifact's greedy continuation leaves the reference's
+    runtime_loop_agrees: bool | None = None  # the runtime's own generation loop prints the same tokens
+    noise_floor: float | None = None
+    gated: bool = True  # False: too few positions to judge a statistic (reported, not checked)
+
+
+@dataclass
+class ParityReport:
+    artifact: str
+    against: str  # "quantized" (export fidelity) or "float" (quantization loss)
+    reference: str
+    gate: str  # the thresholds entry used
+    thresholds: dict
+    prompts: list[PromptResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def to_markdown(self) -> str:
+        lines = [f"# Parity: {self.artifact}", "",
+                 f"- against: **{self.against}** reference `{self.reference}`",
+                 f"- thresholds: `{self.gate}` {json.dumps(self.thresholds, sort_keys=True)}",
+                 f"- result: **{'PASS' if self.passed else 'FAIL'}**", "",
+                 "| prompt | tokens (prefill) | max abs dlogit | min cosine | top-1 | top-5 | KL(ref‖art) | "
+                 "perplexity ref / art | greedy tokens | runtime loop | noise floor |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in self.prompts:
+            m = p.metrics
+            if not m.get("finite", True):
+                lines.append(f"| {p.name} | {p.tokens} ({p.prefill}) | NaN/Inf | | | | | | | | |")
+                continue
+            floor = "" if p.noise_floor is None else f"{p.noise_floor:.1%}"
+            loop = "" if p.runtime_loop_agrees is None else ("same" if p.runtime_loop_agrees else "DIFFERENT")
+            name = p.name if p.gated else f"{p.name} (report only: < {MIN_LOSS_POSITIONS} positions)"
+            lines.append(f"| {name} | {p.tokens} ({p.prefill}) | {m['max_abs_logit']:.2e} | {m['cosine_min']:.6f} | "
+                         f"{m['top1']:.1%} | {m['top5']:.1%} | {m['kl']:.2e} | {m['perplexity_ref']:.2f} / "
+                         f"{m['perplexity']:.2f} | {p.greedy_tokens} | {loop} | {floor} |")
+        lines += ["", "Failures:" if self.failures else "No threshold failed."] + [f"- {f}" for f in self.failures]
+        return "\n".join(lines) + "\n"
+
+
+def default_prompts(tokenizer, window: int) -> list[tuple[str, list[int]]]:
+    """Three short prompts (text, code, chat) and one natural passage longer than the sliding window."""
+    from gemma_edge.calibration.data import held_out_text
+    from gemma_edge.model import format_chat
+
+    texts = [("text", "The quick brown fox"), ("code", "def fibonacci(n):\n    "),
+             ("chat", format_chat([{"role": "user", "content": "Name three rivers in Europe."}]))]
+    out = [(name, tokenizer.encode(t)) for name, t in texts]
+    out.append((f"passage > window ({window + 64} tokens)", tokenizer.encode(held_out_text())[: window + 64]))
+    return out
+
+
+def prompts_from_file(path: str | Path, tokenizer) -> list[tuple[str, list[int]]]:
+    """A JSON list of prompt strings."""
+    path = Path(path)
+    try:
+        prompts = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise GemmaEdgeError(f"{path}: not a readable JSON list of prompt strings ({e})") from None
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise GemmaEdgeError(f"{path}: expected a non-empty JSON list of prompt strings")
+    return [(f"prompt {i + 1}", tokenizer.encode(p)) for i, p in enumerate(prompts)]
+
+
+def _runtime_loop(folder: Path, tokenizer):
+    """The runtime's own generation loop: prompt ids -> the text of its greedy continuation."""
+    if (folder / "model.pte").exists():
+        from .executorch_runner import StockTextRunner, join_byte_pieces
+
+        stock = StockTextRunner(folder)
+        return lambda ids: join_byte_pieces(stock.generate(tokenizer.decode(ids[1:]), GREEDY_TOKENS)[0])
+    from .genai_runner import GenAIRunner
+
+    genai = GenAIRunner(folder)
+    return lambda ids: tokenizer.decode(genai.generate(ids, GREEDY_TOKENS))
+
+
+def load_thresholds(path: str | Path | None = None) -> dict:
+    return json.loads(Path(path or THRESHOLDS).read_text())
+
+
+def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: list[tuple[str, list[int]]] | None = None,
+               source: str | Path | None = None, thresholds: dict | None = None, runner=None) -> ParityReport:
+    """Compare an exported folder with its reference (`against="quantized"`: the model it was exported
+    from, built as the artifact computes) or with the float model (`against="float"`).
+
+    `source` overrides the reference path (default: recorded in manifest.json, and for "float", in the
+    quantized checkpoint's source.json). `runner` overrides the artifact's runner (tests plant faults)."""
+    from . import open_runner
+
+    folder = Path(artifact_dir)
+    manifest = _manifest(folder)
+    recorded = Path(manifest["source"].get("path", ""))
+    if against not in ("quantized", "float"):
+        raise GemmaEdgeError(f"--against must be quantized or float, not {against!r}")
+    recipe = (manifest.get("recipe") or {}).get("name", "float32")
+    if source is None:
+        source = recorded if against == "quantized" else _float_source(recorded)
+    source = Path(source)
+    if not source.exists():
+        raise GemmaEdgeError(f"{source}: the reference is not there (recorded in {folder / 'manifest.json'}); "
+                             "pass --source PATH")
+    table = thresholds or load_thresholds()
+    activations = manifest.get("activations", "none")
+    if against == "quantized":
+        gate = "float32" if recipe == "float32" else ("int8_dynamic" if activations == "int8_dynamic" else "weight_only")
+        limits = table["fidelity"][gate]
+        reference = reference_for(folder, source)
+    else:
+        gate = recipe
+        if gate not in table["quantization_loss"]:
+            raise GemmaEdgeError(f"no quantization_loss thresholds for recipe {recipe!r} in {THRESHOLDS}")
+        limits = table["quantization_loss"][gate]
+        reference = load(source, progress=False)
+    model, tokenizer = reference.model, reference.tokenizer
+    prompts = prompts or default_prompts(tokenizer, reference.config.sliding_window)
+    runner = runner or open_runner(folder, threads=torch.get_num_threads())
+    loop = _runtime_loop(folder, tokenizer) if against == "quantized" else None
+    section = "fidelity" if against == "quantized" else "quantization_loss"
+    report = ParityReport(str(folder), against, str(source), f"{section}.{gate}", limits)
+    for name, ids in prompts:
+        prefill = max(1, len(ids) // 2)
+        ref = reference_logits(model, ids, prefill)
+        got = runner_logits(runner, ids, prefill)
+        metrics = logit_metrics(ref, got, ids[prefill:])
+        result = PromptResult(name, len(ids), prefill, metrics, greedy_tokens=0,
+                              gated=against == "quantized" or len(ids) - prefill + 1 >= MIN_LOSS_POSITIONS)
+        if metrics["finite"]:
+            expected = generate(ReferenceRunner(model), ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
+            ours = generate(runner, ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
+            result.greedy_tokens = first_divergence(expected, ours)
+            if loop is not None:
+                result.runtime_loop_agrees = loop(ids) == tokenizer.decode(ours)
+            if gate == "int8_dynamic":
+                result.noise_floor = noise_floor(model, ids, prefill)
+        report.prompts.append(result)
+        report.failures += _check(result, limits)
+    return report
+
+
+def _check(p: PromptResult, limits: dict) -> list[str]:
+    m, fails = p.metrics, []
+    if not m["finite"]:
+        return [f"{p.name}: NaN or Inf in the artifact's logits"]
+    if not p.gated:
+        return []
+
+    def over(key: str, value: float, limit_key: str, below: bool = False) -> None:
+        limit = limits.get(limit_key)
+        if limit is not None and (value < limit if below else value > limit):
+            fails.append(f"{p.name}: {key} {value:.4g} {'<' if below else '>'} {limit_key} {limit}")
+
+    over("max |dlogit|", m["max_abs_logit"], "max_abs_logit")
+    over("top-1", m["top1"], "top1_min", below=True)
+    over("top-5", m["top5"], "top5_min", below=True)
+    over("KL", m["kl"], "kl_max")
+    over("perplexity ratio", m["perplexity"] / m["perplexity_ref"], "perplexity_ratio_max")
+    if p.noise_floor is not None and limits.get("top1_below_noise_floor_max") is not None:
+        n, f = p.tokens - p.prefill + 1, p.noise_floor
+        allowed = floor_tolerance(f, n, limits["top1_below_noise_floor_max"])
+        if f - m["top1"] > allowed:
+            fails.append(f"{p.name}: top-1 {m['top1']:.4g} is {f - m['top1']:.4g} below the noise floor {f:.4g} "
+                         f"(allowed {allowed:.4g}: top1_below_noise_floor_max + 3 sigma over {n} positions)")
+    greedy_min = limits.get("greedy_min_tokens")
+    if greedy_min is not None and p.greedy_tokens < min(greedy_min, GREEDY_TOKENS):
+        fails.append(f"{p.name}: greedy continuation leaves the reference after {p.greedy_tokens} tokens "
+                     f"< greedy_min_tokens {greedy_min}")
+    if p.runtime_loop_agrees is False:
+        fails.append(f"{p.name}: the runtime's own generation loop prints other tokens than its prefill/decode")
+    return fails
+
+
+def assert_parity(artifact_dir: str | Path, **kwargs) -> ParityReport:
+    """One line for a user's CI: raises AssertionError listing every failed threshold."""
+    report = run_parity(artifact_dir, **kwargs)
+    assert report.passed, f"parity failed for {artifact_dir}:\n" + "\n".join(report.failures)
+    return report
+
+
+def write_report(report: ParityReport, out: str | Path) -> Path:
+    """parity.json + parity.md in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "parity" if report.against == "quantized" else "quantization_loss"
+    (out / f"{stem}.json").write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    (out / f"{stem}.md").write_text(report.to_markdown())
+    return out
+
+
+def _manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise GemmaEdgeError(f"{folder / 'manifest.json'}: missing; pass a folder written by gemma-edge export") from None
+
+
+def _float_source(quantized: Path) -> Path:
+    source_file = quantized / "source.json"
+    if not source_file.exists():
+        return quantized  # a float export: its source is the float model
+    return Path(json.loads(source_file.read_text())["path"])

@@ -59,6 +59,28 @@ def real_quantized(real_model, tmp_path_factory):
     return get
 
 
+REAL_MAX_SEQ_LEN = 1024
+
+
+@pytest.fixture(scope="session")
+def real_export(real_quantized, real_hf_dir, tmp_path_factory):
+    """(kind, recipe) -> (source, exported folder) of the real 270M, exported once per session;
+    kind is "pte" or "onnx", recipe "float32" or a preset."""
+    root, done = tmp_path_factory.mktemp("real-exports"), {}
+
+    def get(kind: str, recipe: str) -> tuple[Path, Path]:
+        if (kind, recipe) not in done:
+            from gemma_edge.export.executorch import export_pte
+            from gemma_edge.export.onnx import export_onnx
+
+            source = real_hf_dir if recipe == "float32" else real_quantized(recipe)
+            export = export_pte if kind == "pte" else export_onnx
+            done[kind, recipe] = source, export(source, root / f"{kind}-{recipe}", max_seq_len=REAL_MAX_SEQ_LEN)
+        return done[kind, recipe]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def hf_real_model(real_hf_dir: Path):
     """transformers' own Gemma3ForCausalLM on the same folder: the independent oracle."""

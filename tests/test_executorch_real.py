@@ -4,28 +4,24 @@ import hashlib
 import json
 
 import pytest
+from conftest import REAL_MAX_SEQ_LEN
 
-from gemma_edge.export.executorch import export_pte
 from gemma_edge.model import ReferenceRunner, format_chat, generate
 from gemma_edge.runtimes.executorch_runner import ExecuTorchRunner, StockTextRunner
-from gemma_edge.runtimes.parity import noise_floor, reference_for, reference_logits, runner_logits, top1_agreement
+from gemma_edge.runtimes.parity import (floor_tolerance, noise_floor, reference_for, reference_logits, runner_logits,
+                                        top1_agreement)
 
 pytestmark = pytest.mark.real
 
-MAX_SEQ_LEN = 1024
+MAX_SEQ_LEN = REAL_MAX_SEQ_LEN
 PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
            format_chat([{"role": "user", "content": "Name three rivers in Europe."}])]
 
 
 @pytest.fixture(scope="module")
-def exports(real_quantized, real_hf_dir, tmp_path_factory):
+def exports(real_export):
     """float32 from the converted folder; int4-block32 and 8da4w from QuantizedCheckpoints."""
-    root = tmp_path_factory.mktemp("pte-real")
-    out = {"float32": (real_hf_dir, export_pte(real_hf_dir, root / "float32", max_seq_len=MAX_SEQ_LEN))}
-    for recipe in ("int4-block32", "8da4w"):
-        ckpt = real_quantized(recipe)
-        out[recipe] = (ckpt, export_pte(ckpt, root / recipe, max_seq_len=MAX_SEQ_LEN))
-    return out
+    return {recipe: real_export("pte", recipe) for recipe in ("float32", "int4-block32", "8da4w")}
 
 
 def _long_prompt(tokenizer, n=700):
@@ -64,9 +60,9 @@ def test_float32_teacher_forced_logits_including_a_700_token_prefill(exports, re
 def test_quantized_pte_agrees_with_its_reference_to_the_noise_floor(exports, real_model, recipe):
     """Teacher-forced top-1 agreement with the quantized reference built as the .pte computes (int8
     dynamic activations: the manifest says so) reaches that reference's own noise floor — its agreement
-    with itself under a 2^-22 nudge (runtimes/parity.py). Issue #4 asks for >= 99%; the floor on this
-    601-token sequence is ~98.3%, so no runtime can reach 99% (docs/executorch.md). A wrong weight, scale
-    or mask falls far below. The stock runner must also agree with our own runner on the same .pte.
+    with itself under ulp-sized nudges (runtimes/parity.py), within 1% plus three binomial sigmas. Issue
+    #4 asks for >= 99%; the floor on this 601-token sequence is ~98.3%, so no runtime can reach 99%
+    (docs/executorch.md). A wrong weight, scale or mask falls far below. The stock runner must also agree with our own runner on the same .pte.
     """
     ckpt, pte = exports[recipe]
     assert json.loads((pte / "manifest.json").read_text())["activations"] == "int8_dynamic"
@@ -75,7 +71,8 @@ def test_quantized_pte_agrees_with_its_reference_to_the_noise_floor(exports, rea
     floor = noise_floor(reference, tokens, prefill=200)
     agreement = top1_agreement(runner_logits(ExecuTorchRunner(pte / "model.pte"), tokens, 200),
                                reference_logits(reference, tokens, 200))
-    assert agreement >= floor - 0.005 and agreement >= 0.95, f"{recipe}: {agreement:.4f} vs floor {floor:.4f}"
+    allowed = floor_tolerance(floor, len(tokens) - 200 + 1)
+    assert agreement >= floor - allowed and agreement >= 0.95, f"{recipe}: {agreement:.4f} vs floor {floor:.4f}"
     stock = StockTextRunner(pte)
     tok = real_model.tokenizer
     for prompt in PROMPTS:

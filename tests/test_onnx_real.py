@@ -1,8 +1,8 @@
 """The real Gemma 3 270M as ONNX: ONNX Runtime and onnxruntime-genai against the reference."""
 
 import pytest
+from conftest import REAL_MAX_SEQ_LEN
 
-from gemma_edge.export.onnx import export_onnx
 from gemma_edge.model import ReferenceRunner, format_chat, generate, load
 from gemma_edge.runtimes.genai_runner import GenAIRunner
 from gemma_edge.runtimes.onnx_runner import OnnxRunner
@@ -10,19 +10,14 @@ from gemma_edge.runtimes.parity import noise_floor, reference_logits, runner_log
 
 pytestmark = pytest.mark.real
 
-MAX_SEQ_LEN = 1024
+MAX_SEQ_LEN = REAL_MAX_SEQ_LEN
 PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
            format_chat([{"role": "user", "content": "Name three rivers in Europe."}])]
 
 
 @pytest.fixture(scope="module")
-def exports(real_quantized, real_hf_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx-real")
-    out = {"float32": (real_hf_dir, export_onnx(real_hf_dir, root / "float32", max_seq_len=MAX_SEQ_LEN))}
-    for recipe in ("int4-block32", "fp8"):
-        ckpt = real_quantized(recipe)
-        out[recipe] = (ckpt, export_onnx(ckpt, root / recipe, max_seq_len=MAX_SEQ_LEN))
-    return out
+def exports(real_export):
+    return {recipe: real_export("onnx", recipe) for recipe in ("float32", "int4-block32", "fp8")}
 
 
 def _passage(tokenizer):

@@ -125,7 +125,7 @@ class PromptResult:
     tokens: int
     prefill: int
     metrics: dict
-    greedy_tokens: int  # tokens until the artifact's greedy continuation leaves the reference's
+    greedy_tokens: int  # tokens until the artifact's greedy continuation leaves the reference's (32: never)
     runtime_loop_agrees: bool | None = None  # the runtime's own generation loop prints the same tokens
     noise_floor: float | None = None
     gated: bool = True  # False: too few positions to judge a statistic (reported, not checked)
@@ -261,7 +261,8 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
         if metrics["finite"]:
             expected = generate(ReferenceRunner(model), ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
             ours = generate(runner, ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
-            result.greedy_tokens = first_divergence(expected, ours)
+            # equal continuations (both may stop early at <eos>) count as the full budget
+            result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
             if loop is not None:
                 result.runtime_loop_agrees = loop(ids) == tokenizer.decode(ours)
             if gate == "int8_dynamic":

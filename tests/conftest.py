@@ -60,6 +60,9 @@ def real_quantized(real_model, tmp_path_factory):
 
 
 REAL_MAX_SEQ_LEN = 1024
+# The three prompts every real-model runtime test generates from: text, code, and the chat template.
+REAL_PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
+                "<start_of_turn>user\nName three rivers in Europe.<end_of_turn>\n<start_of_turn>model\n"]
 
 
 @pytest.fixture(scope="session")

@@ -35,3 +35,9 @@ def test_committed_vectors_are_current(real_hf_dir):
     tokenizer = Tokenizer.from_file(real_hf_dir / "tokenizer.model")
     assert gen.render(gen.build(tokenizer)) == (SHARED / "chat_vectors.json").read_text(), \
         "android_demo/shared/chat_vectors.json is stale: run python android_demo/shared/make_chat_vectors.py"
+
+
+def test_the_real_tests_chat_prompt_is_the_template():
+    from conftest import REAL_PROMPTS
+
+    assert REAL_PROMPTS[2] == format_chat([{"role": "user", "content": "Name three rivers in Europe."}])

@@ -4,9 +4,9 @@ import hashlib
 import json
 
 import pytest
-from conftest import REAL_MAX_SEQ_LEN
+from conftest import REAL_MAX_SEQ_LEN, REAL_PROMPTS
 
-from gemma_edge.model import ReferenceRunner, format_chat, generate
+from gemma_edge.model import ReferenceRunner, generate
 from gemma_edge.runtimes.executorch_runner import ExecuTorchRunner, StockTextRunner
 from gemma_edge.runtimes.parity import (floor_tolerance, noise_floor, reference_for, reference_logits, runner_logits,
                                         top1_agreement)
@@ -14,8 +14,7 @@ from gemma_edge.runtimes.parity import (floor_tolerance, noise_floor, reference_
 pytestmark = pytest.mark.real
 
 MAX_SEQ_LEN = REAL_MAX_SEQ_LEN
-PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
-           format_chat([{"role": "user", "content": "Name three rivers in Europe."}])]
+PROMPTS = REAL_PROMPTS
 
 
 @pytest.fixture(scope="module")

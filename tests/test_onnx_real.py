@@ -1,9 +1,12 @@
 """The real Gemma 3 270M as ONNX: ONNX Runtime and onnxruntime-genai against the reference."""
 
-import pytest
-from conftest import REAL_MAX_SEQ_LEN
+import importlib.util
+import json
 
-from gemma_edge.model import ReferenceRunner, format_chat, generate, load
+import pytest
+from conftest import REAL_MAX_SEQ_LEN, REAL_PROMPTS
+
+from gemma_edge.model import ReferenceRunner, generate, load
 from gemma_edge.runtimes.genai_runner import GenAIRunner
 from gemma_edge.runtimes.onnx_runner import OnnxRunner
 from gemma_edge.runtimes.parity import noise_floor, reference_logits, runner_logits, top1_agreement
@@ -11,8 +14,7 @@ from gemma_edge.runtimes.parity import noise_floor, reference_logits, runner_log
 pytestmark = pytest.mark.real
 
 MAX_SEQ_LEN = REAL_MAX_SEQ_LEN
-PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
-           format_chat([{"role": "user", "content": "Name three rivers in Europe."}])]
+PROMPTS = REAL_PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +62,20 @@ def test_onnxruntime_genai_generates_the_reference_tokens(exports, real_model, r
         ids = tok.encode(prompt)
         expected = generate(ReferenceRunner(reference), ids, 32, stop_ids=tok.stop_ids)
         assert genai.generate(ids, 32) == expected, (recipe, prompt)
+
+
+def test_bench_measures_a_gguf_side_by_side_or_says_what_is_missing(exports, real_gguf, capsys):
+    """`gemma-edge bench ARTIFACT --gguf FILE`: llama.cpp through llama-cpp-python when it is installed."""
+    from gemma_edge.cli.main import main
+
+    args = ["bench", str(exports["int4-block32"][1]), "--gguf", str(real_gguf), "--prompt-len", "16",
+            "--decode-tokens", "4", "--runs", "1"]
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert main(args) == 2
+        assert "pip install llama-cpp-python" in capsys.readouterr().err
+    else:
+        assert main(args + ["--json"]) == 0
+        out = capsys.readouterr().out
+        ours, gguf = json.loads(out[out.index("["):])
+        assert ours["artifact"].endswith("model.onnx") and gguf["artifact"] == str(real_gguf)
+        assert gguf["decode_tok_s"] > 0 and gguf["file_mib"] == pytest.approx(real_gguf.stat().st_size / 2**20)

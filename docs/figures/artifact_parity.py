@@ -20,16 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from conftest import LONG_TEXT  # noqa: E402
+from conftest import LONG_TEXT, REAL_PROMPTS as PROMPTS  # noqa: E402
 
-from gemma_edge.model import ReferenceRunner, format_chat, generate  # noqa: E402
+from gemma_edge.model import ReferenceRunner, generate  # noqa: E402
 from gemma_edge.runtimes import open_runner  # noqa: E402
 from gemma_edge.runtimes.parity import (first_divergence, noise_floor, nudged, reference_for,  # noqa: E402
                                         reference_logits, runner_logits, top1_agreement)
-
-PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
-           format_chat([{"role": "user", "content": "Name three rivers in Europe."}])]
-
 
 def runtime_greedy(folder: Path, runner, tok):
     """prompt -> 32 greedy ids from the runtime's own loop. For .pte, ExecuTorch's TextLLMRunner must print

@@ -17,6 +17,14 @@ from gemma_edge.model.errors import GemmaEdgeError
 
 
 def _rss_mib() -> float:
+    """Peak RSS of this process. Linux's VmHWM belongs to the current address space; getrusage's
+    ru_maxrss survives fork+exec and would report a large parent's peak (e.g. `gemma-edge quickstart`)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

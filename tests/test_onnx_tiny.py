@@ -130,3 +130,15 @@ def test_per_channel_int4_over_a_width_that_is_no_power_of_two(tmp_path):
     folder = export_onnx(ckpt, tmp_path / "onnx", max_seq_len=32)
     got = runner_logits(OnnxRunner(folder), TOKENS[:20], 10)
     torch.testing.assert_close(got, reference_logits(load(ckpt).model, TOKENS[:20], 10), atol=2e-4, rtol=0)
+
+
+def test_bench_peak_rss_is_the_measured_process_not_its_parent(float_export):
+    """Peak RSS comes from the fresh process alone, even when the caller is large (quickstart is)."""
+    import numpy as np
+
+    from gemma_edge.runtimes.bench import _rss_mib, bench
+
+    ballast = np.ones(2**31 // 8)  # 2 GiB touched in this process
+    assert _rss_mib() > 2048
+    report = bench(float_export, prompt_len=8, decode_tokens=2, runs=1)
+    assert 0 < report["peak_rss_mib"] < 2048 and ballast[-1] == 1.0

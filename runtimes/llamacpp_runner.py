@@ -31,7 +31,10 @@ class LlamaCppRunner:
 
     def _eval(self, tokens: Sequence[int]) -> torch.Tensor:
         self.llm.eval(list(tokens))
-        return torch.from_numpy(np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32))
+        # Without logits_all, llama-cpp-python 0.3 no longer copies logits into `scores`; the context holds
+        # the last position's row.
+        row = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.vocab_size,))
+        return torch.from_numpy(row.astype(np.float32, copy=True))
 
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
         return self._eval(tokens)

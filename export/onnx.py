@@ -131,7 +131,8 @@ class GraphBuilder:
         if block & (block - 1) or block < 16:
             block = math.gcd(k, 128)
             scale = scale.repeat_interleave(k // block // scale.shape[1], dim=1)
-        packed = self.init(name + ".nbits", pack_int4(q.qdata, signed=True).reshape(n, k // block, block // 2))
+        packed = pack_int4(q.qdata, signed=q.fmt.symmetric)  # symmetric: + 8; asymmetric: already 0..15
+        packed = self.init(name + ".nbits", packed.reshape(n, k // block, block // 2))
         return packed, self.init(name + ".nbits_scale", scale.reshape(-1)), block
 
     def _matmul_nbits(self, x: ir.Value, name: str, q) -> ir.Value:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gemma_edge.calibration.ptq import quantize_model
-from gemma_edge.calibration.recipe import PRESETS
+from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
 from gemma_edge.export.onnx import export_onnx
 from gemma_edge.model import GemmaEdgeError, ReferenceRunner, generate, load
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
@@ -59,10 +59,13 @@ def test_graph_uses_fused_attention_with_the_window_per_layer(tiny, float_export
     assert {"input_ids", "attention_mask", "logits", "past_key_values.0.key", "present.0.value"} <= names
 
 
-@pytest.mark.parametrize("recipe", ["int4-block32", "int4-block32-emb4", "int4-channel", "fp8"])
+ASYM = QuantRecipe("int4-block32-asym", linear="int4_block32_asym", embedding="int8_channel", lm_head="int4_block32")
+
+
+@pytest.mark.parametrize("recipe", ["int4-block32", "int4-block32-emb4", "int4-channel", "fp8", ASYM.name])
 def test_quantized_onnx_computes_the_quantized_reference(tiny, recipe):
     root, _, loaded = tiny
-    ckpt = quantize_model(loaded, PRESETS[recipe], progress=False).save(root / f"q-{recipe}")
+    ckpt = quantize_model(loaded, PRESETS.get(recipe, ASYM), progress=False).save(root / f"q-{recipe}")
     folder = export_onnx(ckpt, root / f"onnx-{recipe}", max_seq_len=64)
     reference = load(ckpt, max_seq_len=64).model
     got = runner_logits(OnnxRunner(folder), TOKENS, 20)

@@ -7,6 +7,8 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from .errors import GemmaEdgeError
+
 
 class Runner(Protocol):
     """A model behind a KV cache. `prefill` and `decode` return float logits [vocab] of the last position."""
@@ -16,6 +18,13 @@ class Runner(Protocol):
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor: ...
 
     def decode(self, token: int) -> torch.Tensor: ...
+
+
+def check_token_ids(tokens: Sequence[int], vocab_size: int) -> None:
+    """Every runner refuses ids outside the vocabulary with the same one-line error."""
+    bad = [t for t in tokens if not 0 <= t < vocab_size]
+    if bad:
+        raise GemmaEdgeError(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
 
 
 @dataclass(frozen=True)

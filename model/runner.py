@@ -8,6 +8,7 @@ import torch
 
 from .errors import GemmaEdgeError
 from .gemma import Gemma
+from .generate import check_token_ids
 
 
 class ReferenceRunner:
@@ -20,10 +21,7 @@ class ReferenceRunner:
         self.pos = 0
 
     def _check(self, tokens: Sequence[int]) -> None:
-        vocab = self.model.config.vocab_size
-        bad = [t for t in tokens if not 0 <= t < vocab]
-        if bad:
-            raise GemmaEdgeError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        check_token_ids(tokens, self.model.config.vocab_size)
         if self.pos + len(tokens) > self.model.max_seq_len:
             raise GemmaEdgeError(f"{self.pos + len(tokens)} tokens exceed the context of {self.model.max_seq_len}; "
                                  "shorten the prompt or raise --max-seq-len")

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from gemma_edge.model.errors import GemmaEdgeError
+from gemma_edge.model.generate import check_token_ids
 
 
 def load_executorch_kernels() -> None:
@@ -44,9 +45,7 @@ class ExecuTorchRunner:
     def _forward(self, tokens: Sequence[int]) -> torch.Tensor:
         if self.pos + len(tokens) > self.max_seq_len:
             raise GemmaEdgeError(f"{self.pos + len(tokens)} tokens exceed the .pte's max_seq_len {self.max_seq_len}")
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise GemmaEdgeError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        check_token_ids(tokens, self.vocab_size)
         out = self.method.execute([torch.tensor([list(tokens)], dtype=torch.long),
                                    torch.tensor([self.pos], dtype=torch.long)])[0]
         self.pos += len(tokens)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from gemma_edge.model import GemmaEdgeError
+from gemma_edge.model.generate import check_token_ids
 
 
 class OnnxRunner:
@@ -26,6 +27,8 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.kv_shape = {i.name: i.shape for i in self.session.get_inputs()}
+        # present.{i}.key of one call is past_key_values.{i}.key of the next
+        self.carry = [o.name.replace("present.", "past_key_values.") for o in self.session.get_outputs()[1:]]
         self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
         self.reset()
 
@@ -35,14 +38,11 @@ class OnnxRunner:
         self.pos = 0
 
     def _run(self, tokens: Sequence[int]) -> torch.Tensor:
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise GemmaEdgeError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        check_token_ids(tokens, self.vocab_size)
         ids = np.asarray([list(tokens)], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones((1, self.pos + ids.shape[1]), np.int64), **self.past}
         logits, *presents = self.session.run(None, feed)
-        names = [o.name for o in self.session.get_outputs()[1:]]
-        self.past = {n.replace("present.", "past_key_values."): v for n, v in zip(names, presents)}
+        self.past = dict(zip(self.carry, presents))
         self.pos += ids.shape[1]
         return torch.from_numpy(logits[0, -1].copy())
 

@@ -28,11 +28,7 @@ NUDGE = 2.0 ** -22
 
 def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int | None = None) -> LoadedModel:
     """The reference an artifact must match: `source` loaded with the artifact's activation numerics."""
-    manifest_path = Path(artifact_dir) / "manifest.json"
-    try:
-        activations = json.loads(manifest_path.read_text()).get("activations", "none")
-    except FileNotFoundError:
-        raise GemmaEdgeError(f"{manifest_path}: missing; pass a folder written by gemma-edge export") from None
+    activations = _manifest(Path(artifact_dir)).get("activations", "none")
     source = Path(source)
     if (source / "recipe.json").exists():
         from gemma_edge.calibration.checkpoint import load_quantized
@@ -80,10 +76,10 @@ def nudged(model: Gemma, relative: float = NUDGE) -> Iterator[Gemma]:
         model.embed_scale = original
 
 
-def noise_floor(model: Gemma, tokens: Sequence[int], prefill: int) -> float:
+def noise_floor(model: Gemma, tokens: Sequence[int], prefill: int, base: torch.Tensor | None = None) -> float:
     """Top-1 agreement of the reference with itself nudged by ±2^-22 and 2^-21 (mean of the three): the
-    best any runtime can expect to reach."""
-    base = reference_logits(model, tokens, prefill)
+    best any runtime can expect to reach. `base`: the un-nudged `reference_logits`, when already computed."""
+    base = reference_logits(model, tokens, prefill) if base is None else base
     agreements = []
     for relative in (NUDGE, -NUDGE, 2 * NUDGE):
         with nudged(model, relative):
@@ -223,11 +219,14 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
 
     folder = Path(artifact_dir)
     manifest = _manifest(folder)
-    recorded = Path(manifest["source"].get("path", ""))
     if against not in ("quantized", "float"):
         raise GemmaEdgeError(f"--against must be quantized or float, not {against!r}")
     recipe = (manifest.get("recipe") or {}).get("name", "float32")
     if source is None:
+        if "path" not in manifest["source"]:
+            raise GemmaEdgeError(f"{folder / 'manifest.json'}: records no source path (an older export); "
+                                 "pass --source PATH")
+        recorded = Path(manifest["source"]["path"])
         source = recorded if against == "quantized" else _float_source(recorded)
     source = Path(source)
     if not source.exists():
@@ -266,7 +265,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
             if loop is not None:
                 result.runtime_loop_agrees = loop(ids) == tokenizer.decode(ours)
             if gate == "int8_dynamic":
-                result.noise_floor = noise_floor(model, ids, prefill)
+                result.noise_floor = noise_floor(model, ids, prefill, base=ref)
         report.prompts.append(result)
         report.failures += _check(result, limits)
     return report

@@ -67,9 +67,9 @@ def test_quantized_pte_agrees_with_its_reference_to_the_noise_floor(exports, rea
     assert json.loads((pte / "manifest.json").read_text())["activations"] == "int8_dynamic"
     reference = reference_for(pte, ckpt, max_seq_len=MAX_SEQ_LEN).model
     tokens = [2] + _long_prompt(real_model.tokenizer, 600)[300:] + _long_prompt(real_model.tokenizer, 300)
-    floor = noise_floor(reference, tokens, prefill=200)
-    agreement = top1_agreement(runner_logits(ExecuTorchRunner(pte / "model.pte"), tokens, 200),
-                               reference_logits(reference, tokens, 200))
+    expected = reference_logits(reference, tokens, 200)
+    floor = noise_floor(reference, tokens, 200, base=expected)
+    agreement = top1_agreement(runner_logits(ExecuTorchRunner(pte / "model.pte"), tokens, 200), expected)
     allowed = floor_tolerance(floor, len(tokens) - 200 + 1)
     assert agreement >= floor - allowed and agreement >= 0.95, f"{recipe}: {agreement:.4f} vs floor {floor:.4f}"
     stock = StockTextRunner(pte)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from gemma_edge.cli.main import main
 from gemma_edge.export.executorch import export_pte
 from gemma_edge.export.onnx import export_onnx
+from gemma_edge.model import GemmaEdgeError
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
 from gemma_edge.runtimes import open_runner
 from gemma_edge.runtimes.parity import assert_parity, run_parity
@@ -141,3 +142,12 @@ def test_runner_override_is_used(tiny, clean_onnx):
 
     run_parity(clean_onnx, runner=Spy())
     assert calls and torch.tensor(calls).min() >= 1
+
+
+def test_a_manifest_without_a_source_path_asks_for_one(clean_onnx, tmp_path):
+    shutil.copytree(clean_onnx, tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del manifest["source"]["path"]
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GemmaEdgeError, match="records no source path.*--source"):
+        run_parity(tmp_path / "old")

@@ -60,8 +60,9 @@ def main(pairs: list[tuple[Path, Path]]) -> None:
         got, ref = runner_logits(runner, passage[:740], 700), reference_logits(model, passage[:740], 700)
         diff, top1 = (got - ref).abs().max().item(), top1_agreement(got, ref)
         test_seq = [2] + passage[300:600] + passage[:300]
-        top1_test = top1_agreement(runner_logits(runner, test_seq, 200), reference_logits(model, test_seq, 200))
-        floor = noise_floor(model, test_seq, 200)
+        ref_test = reference_logits(model, test_seq, 200)
+        top1_test = top1_agreement(runner_logits(runner, test_seq, 200), ref_test)
+        floor = noise_floor(model, test_seq, 200, base=ref_test)
         greedy = runtime_greedy(folder, runner, tok)
         spans, floors = [], []
         for prompt in PROMPTS:

@@ -46,6 +46,7 @@ class QuantizedCheckpoint:
     tokenizer_model: bytes | None = None
     report: list[dict] = field(default_factory=list)
     source: str | None = None  # the float checkpoint it came from (source.json): `parity --against float`
+    provenance: dict | None = None  # how the integers were made beyond PTQ (QAT settings, import) -> provenance.json
 
     @property
     def separate_lm_head(self) -> bool:
@@ -96,6 +97,8 @@ class QuantizedCheckpoint:
             (tmp / "quant_report.json").write_text(json.dumps(self.report, indent=2, sort_keys=True) + "\n")
             if self.source is not None:
                 (tmp / "source.json").write_text(json.dumps({"path": self.source}) + "\n")
+            if self.provenance is not None:
+                (tmp / "provenance.json").write_text(json.dumps(self.provenance, indent=2, sort_keys=True) + "\n")
             if self.tokenizer_model is not None:
                 (tmp / "tokenizer.model").write_bytes(self.tokenizer_model)
         return Path(out)
@@ -134,7 +137,10 @@ class QuantizedCheckpoint:
         report = json.loads(report_file.read_text()) if report_file.exists() else []
         source_file = path / "source.json"
         source = json.loads(source_file.read_text())["path"] if source_file.exists() else None
-        return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report, source)
+        prov_file = path / "provenance.json"
+        provenance = json.loads(prov_file.read_text()) if prov_file.exists() else None
+        return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report, source,
+                   provenance)
 
 
 def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,

@@ -62,16 +62,29 @@ def sample_sequences(loaded: LoadedModel, n: int, seq_len: int, seed: int = 0, p
     return seqs
 
 
+def _pydoc_topics(max_chars: int) -> tuple[list[str], list[str]]:
+    """CPython's language-reference topics in name order, split where `max_chars` characters are reached."""
+    from pydoc_data.topics import topics
+
+    used, total = [], 0
+    for k in sorted(topics):
+        used.append(topics[k].strip())
+        total += len(used[-1])
+        if total >= max_chars:
+            break
+    rest = [topics[k].strip() for k in sorted(topics)[len(used):]]
+    return used, rest
+
+
 def held_out_text(max_chars: int = 40_000) -> str:
     """Default evaluation text: the Python language reference shipped with CPython (`pydoc_data`).
 
     Natural English technical prose that is on every machine, and never used for calibration by default
     (data-free calibration samples the model instead)."""
-    from pydoc_data.topics import topics
+    return "\n\n".join(_pydoc_topics(max_chars)[0])[:max_chars]
 
-    text, keys = [], sorted(topics)
-    for k in keys:
-        text.append(topics[k].strip())
-        if sum(map(len, text)) >= max_chars:
-            break
-    return "\n\n".join(text)[:max_chars]
+
+def pydoc_training_text(held_out_chars: int = 40_000) -> str:
+    """The language-reference topics that `held_out_text(held_out_chars)` does not touch: in-domain
+    training text for QAT that shares no topic with the evaluation text."""
+    return "\n\n".join(_pydoc_topics(held_out_chars)[1])

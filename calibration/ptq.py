@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -31,9 +32,13 @@ def quantize_weight(w: torch.Tensor, recipe: QuantRecipe, name: str,
     return mse_clip_quantize(w, fmt, importance=importance, name=name)
 
 
+Quantizer = Callable[[torch.Tensor, QuantRecipe, str, "CalibrationStats | None"], QTensor]
+
+
 def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationStats | None = None,
-                   progress: bool = True) -> QuantizedCheckpoint:
-    """Quantize every weight the recipe names; keep the rest (norms) float. Deterministic."""
+                   progress: bool = True, quantizer: Quantizer = quantize_weight) -> QuantizedCheckpoint:
+    """Quantize every weight the recipe names; keep the rest (norms) float. Deterministic.
+    `quantizer` turns one weight into a QTensor (the grid import recovers scales instead of searching)."""
     weights = float_weights(loaded)
     names = sorted(weights)
     recipe.check_overrides(names)
@@ -53,7 +58,7 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
             floats[name] = w
             report.append({"name": name, "format": "float32", "shape": list(w.shape), "bytes": w.numel() * 4})
             continue
-        q = quantize_weight(w, recipe, name, stats)
+        q = quantizer(w, recipe, name, stats)
         quantized[name] = q
         err = (q.dequantize() - w).norm() / w.norm().clamp(min=1e-12)
         report.append({"name": name, "format": fmt.name, "shape": list(w.shape), "bytes": q.storage_bytes(),

@@ -96,6 +96,70 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.report}/eval.json" + (" and weight_errors.png" if reference else ""))
 
 
+def _qat_init(args: argparse.Namespace, loaded, recipe, sequences):
+    """The student's starting point: a given quantized checkpoint, or the better PTQ (MSE clipping weighted by
+    the training text's activations)."""
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
+    from gemma_edge.calibration.observers import collect_stats
+    from gemma_edge.calibration.ptq import quantize_model
+
+    if args.init:
+        init = QuantizedCheckpoint.load(args.init)
+        if init.recipe.name != recipe.name:
+            raise GemmaEdgeError(f"{args.init}: made with recipe {init.recipe.name!r}, not --recipe {recipe.name!r}")
+        return init
+    return quantize_model(loaded, recipe, collect_stats(loaded.model, sequences[:8]))
+
+
+def cmd_qat(args: argparse.Namespace) -> None:
+    import torch
+
+    from gemma_edge.calibration.qat import QATConfig, load_run, train
+    from gemma_edge.calibration.recipe import QuantRecipe
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise GemmaEdgeError(f"{args.out}: output already exists; choose another --out or pass --overwrite")
+    cfg = QATConfig(steps=args.steps, seq_len=args.seq_len, lr=args.lr, scale_lr=args.scale_lr, top_k=args.top_k,
+                    train_weights=not args.scales_only, train_embedding=args.train_embedding,
+                    grad_checkpointing=args.grad_checkpointing, save_every=args.save_every, seed=args.seed)
+    recipe = QuantRecipe.load(args.recipe)
+    if recipe.activations != "none":
+        raise GemmaEdgeError(f"recipe {recipe.name!r} quantizes activations, which QAT does not simulate; "
+                             "use a weight-only recipe such as int4-block32")
+    state, run_dir, meta = None, Path(f"{args.out}.qat-state"), {"recipe": recipe.name, "init": args.init}
+    if args.resume:
+        saved, meta, state = load_run(args.resume)
+        for key in ("steps", "seq_len"):
+            if getattr(cfg, key) != getattr(saved, key):
+                raise GemmaEdgeError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the resumed run's "
+                                     f"{getattr(saved, key)} ({args.resume}); resume with the same settings")
+        if meta["recipe"] != recipe.name:
+            raise GemmaEdgeError(f"--recipe {recipe.name} differs from the resumed run's {meta['recipe']}")
+        cfg, run_dir, args.init = saved, Path(args.resume), meta["init"]
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    loaded = _load_model(args.model, cfg.seq_len)
+    sequences = state["sequences"].tolist() if state is not None else _calibration_sequences(args, loaded)
+    init = _qat_init(args, loaded, recipe, sequences)
+    ckpt = train(loaded, init, sequences, cfg, run_dir, resume=state, meta=meta)
+    out = ckpt.save(args.out, overwrite=args.overwrite)
+    p = ckpt.provenance
+    print(f"wrote {out} ({recipe.name}, {cfg.steps} QAT steps on {len(sequences)} x {cfg.seq_len} tokens; "
+          f"distillation loss {p['first_loss']:.4f} -> {p['final_loss']:.4f}); training state in {run_dir}")
+
+
+def cmd_import_qat(args: argparse.Namespace) -> None:
+    from gemma_edge.calibration.grid_import import import_grid
+    from gemma_edge.calibration.recipe import QuantRecipe
+
+    recipe = QuantRecipe.load(args.recipe)
+    if Path(args.out).exists() and not args.overwrite:
+        raise GemmaEdgeError(f"{args.out}: output already exists; choose another --out or pass --overwrite")
+    ckpt = import_grid(_load_model(args.model, 64), recipe)
+    out = ckpt.save(args.out, overwrite=args.overwrite)
+    grid = sum(1 for r in ckpt.report if r.get("clip") == "grid")
+    print(f"wrote {out} ({recipe.name}; {grid} tensors imported from their int4 grid with exact scales)")
+
+
 def _calib_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", nargs="+", default=[], metavar="FILE",
                    help="calibration text (.txt, or .jsonl with a 'text' field); default: sample from the model")
@@ -139,3 +203,48 @@ def register(sub) -> None:
     p.add_argument("--text", nargs="+", default=[], metavar="FILE", help="held-out text files")
     p.add_argument("--seq-len", type=int, default=512, help="evaluation window")
     p.add_argument("--report", help="folder for eval.json and weight_errors.png")
+
+
+def register_qat(sub) -> None:
+    from gemma_edge.calibration.qat import QATConfig
+
+    d = QATConfig()
+    p = add_command(sub, "qat", cmd_qat, "quantization-aware training: learn scales and weights by distillation",
+                    "Start from the PTQ checkpoint of --recipe (MSE clipping weighted by the training text's "
+                    "activations) or from --init, and train LSQ scales and latent weights with a straight-through "
+                    "estimator to minimise KL(float || quantized) on next-token distributions (the float model's "
+                    "top-k logits renormalised, or --top-k 0 for the full vocabulary). Writes a QuantizedCheckpoint "
+                    "that the exporters consume unchanged, and the training state to OUT.qat-state every "
+                    "--save-every steps; --resume continues from it bit for bit.")
+    p.add_argument("model", help=MODEL_HELP + " (the float teacher)")
+    p.add_argument("--recipe", required=True, help="a weight-only preset name or a recipe JSON file")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps, one sequence each")
+    p.add_argument("--out", required=True, help="output QuantizedCheckpoint folder (written atomically)")
+    p.add_argument("--data", dest="calib", nargs="+", default=[], metavar="FILE",
+                   help="training text (.txt, or .jsonl with a 'text' field); default: sampled from the float model")
+    p.add_argument("--sequences", dest="samples", type=int, default=256, help="training sequences to cut or sample")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
+    p.add_argument("--resume", metavar="DIR", help="an OUT.qat-state folder of an interrupted run")
+    p.add_argument("--init", metavar="DIR", help="start from this quantized checkpoint instead of PTQ "
+                   "(e.g. one from `gemma-edge import-qat`)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the latent weights")
+    p.add_argument("--scale-lr", type=float, default=d.scale_lr, help="Adam learning rate of the log-scales")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="teacher logits kept per position; 0 = full vocabulary")
+    p.add_argument("--scales-only", action="store_true", help="train only the scales, keep the float weights")
+    p.add_argument("--train-embedding", action="store_true",
+                   help="also train the lookup table when it is not the LM head's")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in backward to save memory")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between saved training states")
+    p.add_argument("--seed", type=int, default=d.seed, help="data order and data-free sampling seed")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add_command(sub, "import-qat", cmd_import_qat, "import a checkpoint trained onto an int4 block grid",
+                    "Import Google's '-qat-q4_0-unquantized' style checkpoints: weights trained so that Q4_0 "
+                    "stores them without loss. Each int4 block's scale is recovered exactly (largest-magnitude "
+                    "weight / -8) and every weight is checked to lie on the grid; a checkpoint that does not is "
+                    "refused. Tensors the recipe gives other formats are quantized as `quantize` would.")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--recipe", default="int4-block32", help="a preset name or recipe JSON file")
+    p.add_argument("--out", required=True, help="output QuantizedCheckpoint folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true")

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     model_commands.register(sub)
     calibration_commands.register(sub)
+    calibration_commands.register_qat(sub)
     export_commands.register(sub)
     parity_commands.register(sub)
     return parser

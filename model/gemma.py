@@ -232,20 +232,24 @@ class Gemma(nn.Module):
         for layer in self.layers:
             layer.self_attn.cache.reset()
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False) -> torch.Tensor:
-        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab])."""
-        x = self.embed_tokens(tokens)
-        x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+    def hidden(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Embedded (and scaled) inputs [1, T, hidden] -> final-norm hidden states; QAT calls this directly."""
         local = rope_cos_sin(self.inv_freq_local, input_pos)
         global_ = rope_cos_sin(self.inv_freq_global, input_pos)
         for layer in self.layers:
             cos, sin = local if layer.is_sliding else global_
             x = layer(x, input_pos, cos, sin)
-        x = self.norm(x)
+        return self.norm(x)
+
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False) -> torch.Tensor:
+        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab])."""
+        x = self.embed_tokens(tokens)
+        x = self.hidden(x * torch.tensor(self.embed_scale, dtype=x.dtype), input_pos)
         if last_logits_only:
             x = x[:, -1:]
         logits = F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
-        cap = self.config.final_logit_softcapping
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return self.softcap(logits)

@@ -1,0 +1,204 @@
+"""QAT and the grid import on tiny models: gradients, the STE, bit-exact resume, exact scale recovery."""
+
+import shutil
+
+import pytest
+import torch
+
+from gemma_edge.calibration import qat
+from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
+from gemma_edge.calibration.evaluate import evaluate
+from gemma_edge.calibration.formats import QuantFormat, fake_quantize
+from gemma_edge.calibration.grid_import import grid_qtensor, import_grid
+from gemma_edge.calibration.ptq import quantize_model
+from gemma_edge.calibration.qat import QATConfig, QATStudent, teacher_target, train
+from gemma_edge.calibration.recipe import PRESETS
+from gemma_edge.cli.main import main
+from gemma_edge.model import GemmaEdgeError, load
+from gemma_edge.model.hf_checkpoint import write_hf_folder
+from gemma_edge.model.tiny import random_state_dict, tiny_config, write_tiny_checkpoint
+from gemma_edge.model.tokenizer import tiny_tokenizer_model
+
+INT4_CHANNEL = QuantFormat.parse("int4_channel")
+SEQ_LEN = 24
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return load(write_tiny_checkpoint(tmp_path / "tiny"), max_seq_len=64, progress=False)
+
+
+def _sequences(loaded, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [[loaded.config.bos_token_id] + torch.randint(3, loaded.config.vocab_size, (SEQ_LEN - 1,), generator=g).tolist()
+            for _ in range(n)]
+
+
+def _same_integers(a: QuantizedCheckpoint, b: QuantizedCheckpoint) -> bool:
+    return sorted(a.quantized) == sorted(b.quantized) and all(
+        torch.equal(a.quantized[k].qdata, b.quantized[k].qdata) and torch.equal(a.quantized[k].scale, b.quantized[k].scale)
+        for k in a.quantized)
+
+
+def test_lsq_gradient_of_the_scale_by_hand():
+    """d/ds of sum(s * clamp(round(w/s))) is round(w/s) - w/s inside the range and the clip level outside."""
+    s = torch.tensor([[0.5]], requires_grad=True)
+    w = torch.tensor([[0.3, -1.1, 2.2, 10.0, -10.0, 0.0, 1.0, -3.9]])
+    fake_quantize(w, INT4_CHANNEL, s).sum().backward()
+    x = w / 0.5  # 0.6 -2.2 4.4 20 -20 0 2 -7.8
+    by_hand = (x.round() - x)[0, [0, 1, 2, 5, 6, 7]].sum() + 7 + (-8)
+    assert s.grad.item() == pytest.approx(by_hand.item(), abs=1e-6)
+
+
+def test_ste_passes_gradients_inside_the_clip_range_and_blocks_them_outside():
+    s = torch.tensor([[0.5]])
+    w = torch.tensor([[0.3, -1.1, 3.6, -4.1, 3.8, -4.3, 9.0, -9.0]], requires_grad=True)
+    fake_quantize(w, INT4_CHANNEL, s).sum().backward()
+    # w/s: 0.6 -2.2 7.2 -8.2 | 7.6 -8.6 18 -18: the last four round outside [-8, 7] and are clipped
+    assert w.grad.tolist() == [[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("recipe", ["int4-block32", "int4-block32-emb4", "fp8"])
+def test_student_starts_at_the_ptq_checkpoint_and_gradients_reach_every_scale(tiny, recipe):
+    init = quantize_model(tiny, PRESETS[recipe], progress=False)
+    student = QATStudent(tiny, init, QATConfig(seq_len=SEQ_LEN, top_k=8))
+    assert _same_integers(student.to_checkpoint(init, {}), init)
+    tokens = torch.tensor(_sequences(tiny, 1))
+    student.loss(tokens, teacher_target(tiny.model, tokens, 8)).backward()
+    shared = PRESETS[recipe].embedding == PRESETS[recipe].lm_head  # one table is lookup and head: it trains
+    expected = {n for n in init.quantized if n != "embed_tokens.weight"} | ({"embed_tokens.weight"} if shared else set())
+    assert set(student.quantized) == expected
+    for name, qw in student.quantized.items():
+        assert qw.quant.log_scale.grad is not None and qw.quant.log_scale.grad.abs().sum() > 0, name
+        assert qw.latent.grad.abs().sum() > 0, name
+
+
+def test_top_k_covering_the_vocabulary_is_the_full_kl(tiny):
+    init = quantize_model(tiny, PRESETS["int4-block32"], progress=False)
+    student = QATStudent(tiny, init, QATConfig(seq_len=SEQ_LEN))
+    tokens = torch.tensor(_sequences(tiny, 1))
+    full = student.loss(tokens, teacher_target(tiny.model, tokens, 0))
+    all_k = student.loss(tokens, teacher_target(tiny.model, tokens, tiny.config.vocab_size))
+    assert full.item() > 0
+    assert all_k.item() == pytest.approx(full.item(), rel=1e-4)
+
+
+def test_qat_lowers_the_distillation_loss_and_kl_to_float(tiny, tmp_path):
+    init = quantize_model(tiny, PRESETS["int4-channel"], progress=False)
+    seqs = _sequences(tiny, 2)
+    cfg = QATConfig(steps=30, seq_len=SEQ_LEN, lr=1e-3, scale_lr=1e-2, top_k=0, warmup=2)
+    trained = train(tiny, init, seqs, cfg, tmp_path / "state", progress=False)
+    tokens = [t for s in seqs for t in s[1:]]
+    before = evaluate(init.build_model(64), tokens, SEQ_LEN, reference=tiny.model, progress=False)
+    after = evaluate(trained.build_model(64), tokens, SEQ_LEN, reference=tiny.model, progress=False)
+    assert after.kl_to_float < 0.5 * before.kl_to_float
+    assert trained.provenance["final_loss"] < 0.5 * trained.provenance["first_loss"]
+    assert not _same_integers(trained, init)
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tiny, tmp_path, monkeypatch):
+    init = quantize_model(tiny, PRESETS["int4-block32"], progress=False)
+    cfg = QATConfig(steps=6, seq_len=SEQ_LEN, lr=1e-3, scale_lr=1e-2, top_k=8, save_every=3, warmup=2)
+    save = qat.save_state
+
+    def save_and_keep_step_3(run_dir, step, *args):
+        save(run_dir, step, *args)
+        if step == 3:  # what an interrupted run leaves behind
+            shutil.copytree(run_dir, tmp_path / "interrupted")
+
+    monkeypatch.setattr(qat, "save_state", save_and_keep_step_3)
+    whole = train(tiny, init, _sequences(tiny), cfg, tmp_path / "state", progress=False)
+    monkeypatch.setattr(qat, "save_state", save)
+    cfg2, meta, state = qat.load_run(tmp_path / "interrupted")
+    assert (cfg2, meta, state["step"]) == (cfg, {"recipe": "int4-block32"}, 3)
+    resumed = train(tiny, init, None, cfg2, tmp_path / "interrupted", resume=state, progress=False)
+    assert _same_integers(resumed, whole)
+    assert not _same_integers(whole, init)
+
+
+def _grid_checkpoint(tmp_path, off_grid: bool = False):
+    """A tiny HF checkpoint whose int4-block32 weights were put on a Q4_0 grid, as QAT releases are."""
+    config = tiny_config()
+    state = random_state_dict(config, seed=3)
+    g = torch.Generator().manual_seed(4)
+    scales = {}
+    for name, w in state.items():
+        if name.endswith("_proj.weight"):
+            rows, cols = w.shape
+            d = (torch.rand(rows, cols // 32, generator=g) * 0.02 + 0.005).to(torch.bfloat16).float()
+            d = d * torch.where(torch.rand(rows, cols // 32, generator=g) < 0.5, -1.0, 1.0)
+            q = torch.randint(-7, 8, (rows, cols // 32, 32), generator=g).float()
+            q[..., 5] = -8  # Q4_0: the block's largest-magnitude weight is at -8
+            state[name] = (q * d[..., None]).reshape(rows, cols).to(torch.bfloat16).float()
+            scales[name] = d
+    if off_grid:
+        state["layers.2.mlp.up_proj.weight"][3, 40] += 0.3 * scales["layers.2.mlp.up_proj.weight"][3, 1].abs()
+    folder = tmp_path / ("off" if off_grid else "grid")
+    folder.mkdir()
+    write_hf_folder(folder, config, state, tiny_tokenizer_model())
+    return folder, scales
+
+
+def test_grid_import_recovers_the_exact_scales(tmp_path):
+    folder, scales = _grid_checkpoint(tmp_path)
+    loaded = load(folder, progress=False)
+    recipe = PRESETS["int4-block32"].__class__("grid", linear="int4_block32", embedding="int8_channel")
+    ckpt = import_grid(loaded, recipe, progress=False)
+    for name, d in scales.items():
+        assert torch.equal(ckpt.quantized[name].scale, d), name
+        # q * d is the grid value; the checkpoint stores it rounded to bf16
+        assert torch.equal(ckpt.quantized[name].dequantize().bfloat16().float(), loaded.model.state_dict()[name]), name
+    assert ckpt.provenance["method"] == "grid-import"
+    saved = QuantizedCheckpoint.load(ckpt.save(tmp_path / "imported"))
+    assert all(torch.equal(saved.quantized[n].scale, d) for n, d in scales.items())  # negative bf16 scales survive
+
+
+def test_off_grid_weights_are_refused(tmp_path):
+    folder, _ = _grid_checkpoint(tmp_path, off_grid=True)
+    loaded = load(folder, progress=False)
+    with pytest.raises(GemmaEdgeError, match=r"layers.2.mlp.up_proj.weight: 1 of 8192 weights are not on an int4 "
+                                             r"block-32 grid \(first in row 3, block 1\)"):
+        import_grid(loaded, PRESETS["int4-block32"], progress=False)
+    with pytest.raises(GemmaEdgeError, match="not on an int4 block-32 grid"):  # PTQ-style random weights
+        grid_qtensor(torch.randn(4, 64), QuantFormat.parse("int4_block32"), "w")
+
+
+def test_cli_qat_writes_a_checkpoint_and_resumes(tmp_path, capsys):
+    model = write_tiny_checkpoint(tmp_path / "tiny")
+    text = tmp_path / "train.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    args = ["qat", str(model), "--recipe", "int4-block32", "--steps", "4", "--seq-len", "16", "--save-every", "2",
+            "--data", str(text), "--out", str(tmp_path / "q")]
+    assert main(args) in (0, None)
+    ckpt = QuantizedCheckpoint.load(tmp_path / "q")
+    assert ckpt.provenance["method"] == "qat" and ckpt.provenance["config"]["steps"] == 4
+    assert load(tmp_path / "q", max_seq_len=32).model is not None
+    state = tmp_path / "q.qat-state"
+    assert qat.load_run(state)[2]["step"] == 4
+    again = args[:-1] + [str(tmp_path / "q2"), "--resume", str(state)]
+    assert main(again) in (0, None)
+    assert _same_integers(QuantizedCheckpoint.load(tmp_path / "q2"), ckpt)
+    assert main(args[:5] + ["8"] + args[6:-1] + [str(tmp_path / "q3"), "--resume", str(state)]) == 2
+    assert "--steps 8 differs from the resumed run's 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["qat", "grid-import"])
+def test_onnx_export_of_a_qat_or_imported_checkpoint_passes_parity(tmp_path, source):
+    from gemma_edge.export.onnx import export_onnx
+    from gemma_edge.runtimes.parity import run_parity
+
+    if source == "qat":
+        loaded = load(write_tiny_checkpoint(tmp_path / "tiny"), max_seq_len=64, progress=False)
+        init = quantize_model(loaded, PRESETS["int4-block32"], progress=False)
+        cfg = QATConfig(steps=4, seq_len=SEQ_LEN, lr=1e-3, scale_lr=1e-2, top_k=8, warmup=1)
+        ckpt = train(loaded, init, _sequences(loaded), cfg, tmp_path / "state", progress=False)
+        assert not _same_integers(ckpt, init)
+    else:  # negative Q4_0 scales go through the exporter as they are
+        folder, _ = _grid_checkpoint(tmp_path)
+        recipe = PRESETS["int4-block32"].__class__("grid", linear="int4_block32", embedding="int8_channel")
+        ckpt = import_grid(load(folder, progress=False), recipe, progress=False)
+        assert any((q.scale < 0).any() for q in ckpt.quantized.values())
+    saved = ckpt.save(tmp_path / "q")
+    report = run_parity(export_onnx(saved, tmp_path / "onnx", max_seq_len=128))
+    assert report.passed, report.failures
+    assert report.gate == "fidelity.weight_only"

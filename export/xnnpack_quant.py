@@ -31,6 +31,10 @@ def _check_supported(name: str, q: QTensor) -> None:
     if q.fmt.kind not in ("int4", "int8") or not q.fmt.symmetric:
         raise GemmaEdgeError(f"{name}: format {q.fmt.name} has no XNNPACK kernel in ExecuTorch; use a symmetric "
                              "int4/int8 recipe for .pte (fp8 exports to ONNX)")
+    if q.scale is not None and (q.scale < 0).any():
+        raise GemmaEdgeError(f"{name}: {int((q.scale < 0).sum())} blocks have negative scales (a Q4_0 grid import "
+                             "keeps llama.cpp's signed scales) and XNNPACK accepts only positive ones; export this "
+                             "checkpoint to ONNX, or make a .pte from `gemma-edge quantize` of the same weights")
 
 
 class DynActIntLinear(nn.Module):

@@ -101,6 +101,11 @@ def test_quantized_pte_runs_on_the_checkpoint_integers(tmp_path):
     assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > 0.99
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["recipe"]["name"] == "8da4w" and manifest["activations"] == "int8_dynamic"
+    # int4-block32 lowers to the same XNNPACK kernels on the same integers: the same program, byte for
+    # byte (which is why the real-model tests export only int4-block32)
+    weight_only = quantize_model(loaded, PRESETS["int4-block32"], progress=False).save(tmp_path / "q4")
+    same = export_pte(weight_only, tmp_path / "pte-q4", max_seq_len=32)
+    assert (same / "model.pte").read_bytes() == (folder / "model.pte").read_bytes()
 
 
 def test_unsupported_formats_are_refused(tmp_path):

@@ -12,7 +12,7 @@ from gemma_edge.calibration.formats import QuantFormat, fake_quantize
 from gemma_edge.calibration.grid_import import grid_qtensor, import_grid
 from gemma_edge.calibration.ptq import quantize_model
 from gemma_edge.calibration.qat import QATConfig, QATStudent, teacher_target, train
-from gemma_edge.calibration.recipe import PRESETS
+from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
 from gemma_edge.cli.main import main
 from gemma_edge.model import GemmaEdgeError, load
 from gemma_edge.model.hf_checkpoint import write_hf_folder
@@ -21,6 +21,7 @@ from gemma_edge.model.tokenizer import tiny_tokenizer_model
 
 INT4_CHANNEL = QuantFormat.parse("int4_channel")
 SEQ_LEN = 24
+GRID_RECIPE = QuantRecipe("grid", linear="int4_block32", embedding="int8_channel")
 
 
 @pytest.fixture
@@ -48,6 +49,27 @@ def test_lsq_gradient_of_the_scale_by_hand():
     x = w / 0.5  # 0.6 -2.2 4.4 20 -20 0 2 -7.8
     by_hand = (x.round() - x)[0, [0, 1, 2, 5, 6, 7]].sum() + 7 + (-8)
     assert s.grad.item() == pytest.approx(by_hand.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["int4_block32", "int8_channel", "int4_block32_asym"])
+def test_fused_fake_quant_equals_the_op_by_op_autograd(fmt):
+    """formats' one-node fake-quant against the same maths written with a detached-round STE and clamp."""
+    fmt = QuantFormat.parse(fmt)
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(4, 64, generator=g) * fmt.qrange[1] * 0.15).requires_grad_()  # a few beyond the range
+    groups = 64 // (fmt.block or 64)
+    s = (torch.rand(4, groups, generator=g) * 0.3 + 0.2).requires_grad_()
+    zp = None if fmt.symmetric else torch.randint(0, 16, (4, groups), generator=g).to(torch.int8)
+    upstream = torch.randn(4, 64, generator=g)
+    (fake_quantize(w, fmt, s, zp) * upstream).sum().backward()
+    got = (w.grad.clone(), s.grad.clone())
+    w.grad = s.grad = None
+    x = w.reshape(4, groups, -1) / s[..., None]
+    z = 0.0 if zp is None else zp.float()[..., None]
+    q = torch.clamp(x + (x.round() - x).detach() + z, *fmt.qrange)
+    (((q - z) * s[..., None]).reshape(4, 64) * upstream).sum().backward()
+    assert torch.allclose(got[0], w.grad) and torch.allclose(got[1], s.grad, rtol=1e-4, atol=1e-4)  # summed in another order
+    assert 0 < (got[0] == 0).sum() < w.numel()  # some weights clipped, most not
 
 
 def test_ste_passes_gradients_inside_the_clip_range_and_blocks_them_outside():
@@ -142,8 +164,7 @@ def _grid_checkpoint(tmp_path, off_grid: bool = False):
 def test_grid_import_recovers_the_exact_scales(tmp_path):
     folder, scales = _grid_checkpoint(tmp_path)
     loaded = load(folder, progress=False)
-    recipe = PRESETS["int4-block32"].__class__("grid", linear="int4_block32", embedding="int8_channel")
-    ckpt = import_grid(loaded, recipe, progress=False)
+    ckpt = import_grid(loaded, GRID_RECIPE, progress=False)
     for name, d in scales.items():
         assert torch.equal(ckpt.quantized[name].scale, d), name
         # q * d is the grid value; the checkpoint stores it rounded to bf16
@@ -195,10 +216,19 @@ def test_onnx_export_of_a_qat_or_imported_checkpoint_passes_parity(tmp_path, sou
         assert not _same_integers(ckpt, init)
     else:  # negative Q4_0 scales go through the exporter as they are
         folder, _ = _grid_checkpoint(tmp_path)
-        recipe = PRESETS["int4-block32"].__class__("grid", linear="int4_block32", embedding="int8_channel")
-        ckpt = import_grid(load(folder, progress=False), recipe, progress=False)
+        ckpt = import_grid(load(folder, progress=False), GRID_RECIPE, progress=False)
         assert any((q.scale < 0).any() for q in ckpt.quantized.values())
     saved = ckpt.save(tmp_path / "q")
     report = run_parity(export_onnx(saved, tmp_path / "onnx", max_seq_len=128))
     assert report.passed, report.failures
     assert report.gate == "fidelity.weight_only"
+
+
+def test_pte_export_refuses_negative_grid_scales_with_a_clear_error(tmp_path):
+    from gemma_edge.export.executorch import export_pte
+
+    folder, _ = _grid_checkpoint(tmp_path)
+    saved = import_grid(load(folder, progress=False), GRID_RECIPE, progress=False).save(tmp_path / "q")
+    with pytest.raises(GemmaEdgeError, match="blocks have negative scales .* XNNPACK accepts only positive ones"):
+        export_pte(saved, tmp_path / "pte", max_seq_len=64)
+    assert not (tmp_path / "pte").exists()

@@ -1,9 +1,10 @@
 """QAT against PTQ on the bundled Gemma 3 270M (int4-block32): perplexity on held-out text, gap closed.
 
-Run: python docs/figures/qat_table.py OUT_DIR [STEPS]
+Run: python docs/figures/qat_table.py OUT_DIR [STEPS [SEQUENCES]]
 It writes OUT_DIR/train.txt (the language-reference topics the held-out text does not use), then runs, timed,
 exactly what a user would:
-    gemma-edge qat bundled --recipe int4-block32 --steps STEPS --data OUT_DIR/train.txt --out OUT_DIR/qat
+    gemma-edge qat bundled --recipe int4-block32 --steps STEPS --sequences SEQUENCES --data OUT_DIR/train.txt \
+        --out OUT_DIR/qat
 and evaluates float, both PTQ variants and the QAT checkpoint on `held_out_text()` (windows of 512).
 """
 
@@ -27,14 +28,14 @@ from gemma_edge.model import load
 from gemma_edge.model.bundled import bundled_gguf
 
 
-def main(out: Path, steps: int) -> None:
+def main(out: Path, steps: int = 300, sequences: int = 128) -> None:
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
     train_txt = out / "train.txt"
     train_txt.write_text(pydoc_training_text())
     qat_dir = out / "qat"
     cmd = ["gemma-edge", "qat", "bundled", "--recipe", "int4-block32", "--steps", str(steps),
-           "--data", str(train_txt), "--out", str(qat_dir), "--overwrite"]
+           "--sequences", str(sequences), "--data", str(train_txt), "--out", str(qat_dir), "--overwrite"]
     t = time.time()
     subprocess.run(cmd, check=True)
     qat_minutes = (time.time() - t) / 60
@@ -73,4 +74,4 @@ def main(out: Path, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 500)
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:4]))

@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from gemma_edge.model import ReferenceRunner, Sampling, StreamDecoder, format_chat, generate, load
     from gemma_edge.model.bundled import resolve_model_path
+    from gemma_edge.model.image_processing import BOI
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,8 +55,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     tok = loaded.tokenizer
     if tok is None:
         raise GemmaEdgeError(f"{loaded.source}: no tokenizer.model beside the weights; copy it there to run text prompts")
-    text = format_chat([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-    ids = tok.encode(text)
+    content = args.prompt
+    if args.image and BOI not in content:
+        content = BOI * len(args.image) + content  # images first, as the HF chat template places them
+    text = format_chat([{"role": "user", "content": content}]) if args.chat else content
+    image_features = None
+    if args.image:
+        ids, image_features = _image_prompt(args, loaded, text)
+    else:
+        ids = tok.encode(text)
     stream = StreamDecoder(tok)
     stops = set(tok.stop_ids)
 
@@ -66,8 +74,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     if not args.chat:
         print(args.prompt, end="", flush=True)
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
-    generate(ReferenceRunner(loaded.model), ids, args.max_new_tokens, sampling, stops, on_token=show)
+    generate(ReferenceRunner(loaded.model, image_features), ids, args.max_new_tokens, sampling, stops, on_token=show)
     print()
+
+
+def _image_prompt(args: argparse.Namespace, loaded, text: str):
+    """Token ids of `text` with its images expanded, and the images' soft tokens from the vision encoder."""
+    import torch
+
+    from gemma_edge.model.image_processing import image_prompt, open_image, settings_for
+    from gemma_edge.model.loader import load_vision
+
+    encoder = load_vision(loaded.source)
+    settings = settings_for(loaded.source, encoder.config.image_size, args.pan_and_scan)
+    ids, pixels = image_prompt(text, [open_image(f) for f in args.image], settings, loaded.tokenizer, encoder.config)
+    with torch.no_grad():
+        return ids, encoder(pixels)
 
 
 def register(sub) -> None:
@@ -93,10 +115,16 @@ def register(sub) -> None:
 
     p = add_command(sub, "run", cmd_run, "generate text with the PyTorch reference",
              "Generate from a prompt with the float reference model, streaming text to stdout. Greedy unless "
-             "--temperature > 0. Stops at <eos> or <end_of_turn>.")
+             "--temperature > 0. Stops at <eos> or <end_of_turn>. With --image (Gemma 3 4B+ HF folders), the "
+             "SigLIP encoder turns each image into 256 soft tokens that attend to each other bidirectionally.")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
+    p.add_argument("--image", nargs="+", metavar="FILE",
+                   help="images for a multimodal (4B+) checkpoint; each <start_of_image> in the prompt marks "
+                        "where one goes, otherwise they come first")
+    p.add_argument("--pan-and-scan", action="store_true",
+                   help="also feed crops of elongated images (Gemma 3's Pan & Scan), 256 tokens each")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 disables")

@@ -72,6 +72,7 @@ class GemmaConfig:
     bos_token_id: int = 2
     eos_token_ids: tuple[int, ...] = (1,)
     pad_token_id: int = 0
+    image_token_id: int | None = None  # multimodal (4B+) checkpoints: the image soft-token placeholder
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +110,7 @@ class GemmaConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> "GemmaConfig":
         """Read a Gemma 3 text config, or the `text_config` of a multimodal (4B+) config."""
+        image_token = next((d[k] for k in ("image_token_id", "image_token_index") if d.get(k) is not None), None)
         if "text_config" in d:
             d = d["text_config"] or {}
         d = {**_HF_DEFAULTS, **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
@@ -139,6 +141,7 @@ class GemmaConfig:
             bos_token_id=int(d["bos_token_id"]),
             eos_token_ids=eos_ids,
             pad_token_id=int(d["pad_token_id"]),
+            image_token_id=None if image_token is None else int(image_token),
         )
 
     def to_hf_dict(self) -> dict[str, Any]:

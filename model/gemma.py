@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GemmaConfig, RopeConfig
+from .errors import GemmaEdgeError
 
 
 class RMSNorm(nn.Module):
@@ -62,14 +63,27 @@ def sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.
                                           enable_gqa=q.shape[1] != keys.shape[1])
 
 
-def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Boolean [T, S]: key is filled (position >= 0), not in the future and (sliding) inside the window."""
+def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None,
+                   q_group: torch.Tensor | None = None, key_group: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean [T, S]: key is filled (position >= 0), not in the future and (sliding) inside the window.
+    With image groups (`image_groups`), a query inside an image also sees every key of the same image,
+    later ones included: Gemma 3's bidirectional image attention, still cut by the window, as in HF."""
     q = q_pos[:, None]
     k = key_pos[None, :]
     allowed = (k >= 0) & (k <= q)
+    if q_group is not None and key_group is not None:
+        allowed = allowed | ((q_group[:, None] >= 0) & (q_group[:, None] == key_group[None, :]))
     if window is not None:
         allowed = allowed & (q - k < window)
     return allowed
+
+
+def image_groups(tokens: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """tokens [T] -> [T]: n for the positions of the n-th run of consecutive image soft tokens, -1 for text.
+    Each image (or Pan & Scan crop) is its own run, framed by `<start_of_image>`/`<end_of_image>`."""
+    is_image = tokens == image_token_id
+    starts = is_image & ~F.pad(is_image, (1, 0))[:-1]
+    return torch.where(is_image, starts.long().cumsum(0) - 1, -1)
 
 
 def ring_key_positions(start: torch.Tensor, window: int) -> torch.Tensor:
@@ -99,12 +113,13 @@ class FullKVCache(nn.Module):
         self.k.zero_()
         self.v.zero_()
 
-    def attend(self, q, k, v, input_pos: torch.Tensor, scale: float) -> torch.Tensor:
+    def attend(self, q, k, v, input_pos: torch.Tensor, scale: float, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Store the new keys/values at their positions, then attend causally over the cache."""
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         key_pos = torch.arange(self.k.shape[2], device=input_pos.device)
-        return sdpa(q, self.k, self.v, attention_mask(input_pos, key_pos, None), scale)
+        key_group = None if groups is None else torch.full_like(key_pos, -1).index_copy(0, input_pos, groups)
+        return sdpa(q, self.k, self.v, attention_mask(input_pos, key_pos, None, groups, key_group), scale)
 
 
 class RingKVCache(nn.Module):
@@ -124,9 +139,10 @@ class RingKVCache(nn.Module):
         self.k.zero_()
         self.v.zero_()
 
-    def attend(self, q, k, v, input_pos: torch.Tensor, scale: float) -> torch.Tensor:
+    def attend(self, q, k, v, input_pos: torch.Tensor, scale: float, groups: torch.Tensor | None = None) -> torch.Tensor:
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
-        mask = attention_mask(input_pos, key_pos, self.window)
+        key_group = None if groups is None else torch.cat((torch.full((self.window,), -1), groups))
+        mask = attention_mask(input_pos, key_pos, self.window, groups, key_group)
         out = sdpa(q, torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2), mask, scale)
         keep = min(k.shape[2], self.window)
         slots = input_pos[-keep:] % self.window
@@ -153,14 +169,17 @@ class Attention(nn.Module):
         else:
             self.cache = FullKVCache(c.num_kv_heads, max_seq_len, c.head_dim, dtype)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                groups: torch.Tensor | None = None):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
-        out = self.cache.attend(q, k, v, input_pos, self.scale)
+        # Exporters' caches take no image groups: text-only graphs never pass them.
+        out = (self.cache.attend(q, k, v, input_pos, self.scale) if groups is None
+               else self.cache.attend(q, k, v, input_pos, self.scale, groups))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -205,8 +224,8 @@ class DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps)
         self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps)
 
-    def forward(self, x, input_pos, cos, sin):
-        h = self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), input_pos, cos, sin))
+    def forward(self, x, input_pos, cos, sin, groups=None):
+        h = self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), input_pos, cos, sin, groups))
         x = x + h
         h = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         return x + h
@@ -232,23 +251,47 @@ class Gemma(nn.Module):
         for layer in self.layers:
             layer.self_attn.cache.reset()
 
-    def hidden(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """Embedded (and scaled) inputs [1, T, hidden] -> final-norm hidden states; QAT calls this directly."""
+    def hidden(self, x: torch.Tensor, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedded (and scaled) inputs [1, T, hidden] -> final-norm hidden states; QAT calls this directly.
+        `groups` ([T], from `image_groups`) makes each image's positions attend to each other."""
         local = rope_cos_sin(self.inv_freq_local, input_pos)
         global_ = rope_cos_sin(self.inv_freq_global, input_pos)
         for layer in self.layers:
             cos, sin = local if layer.is_sliding else global_
-            x = layer(x, input_pos, cos, sin)
+            x = layer(x, input_pos, cos, sin) if groups is None else layer(x, input_pos, cos, sin, groups)
         return self.norm(x)
+
+    def embed(self, tokens: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled token embeddings [1, T, hidden]; with `image_features` ([images, tokens per image, hidden],
+        from `vision.VisionEncoder`) written, unscaled, over the image soft-token placeholders in order."""
+        scale = self.embed_scale
+        if image_features is None:
+            x = self.embed_tokens(tokens)
+            return x * torch.tensor(scale, dtype=x.dtype)
+        if self.config.image_token_id is None:
+            raise GemmaEdgeError("this checkpoint's config.json names no image_token_id: a text-only Gemma 3 takes no images")
+        is_image = tokens == self.config.image_token_id
+        x = self.embed_tokens(tokens.masked_fill(is_image, self.config.pad_token_id))
+        x = x * torch.tensor(scale, dtype=x.dtype)
+        features = image_features.reshape(-1, x.shape[-1]).to(x.dtype)
+        if int(is_image.sum()) != features.shape[0]:
+            raise GemmaEdgeError(f"the prompt has {int(is_image.sum())} image soft tokens but the images give "
+                                 f"{features.shape[0]}; build the prompt with image_processing.expand_image_tokens")
+        return x.masked_scatter(is_image[..., None], features)
 
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False) -> torch.Tensor:
-        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab])."""
-        x = self.embed_tokens(tokens)
-        x = self.hidden(x * torch.tensor(self.embed_scale, dtype=x.dtype), input_pos)
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False,
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab]).
+        With `image_features`, the image soft tokens of `tokens` take them and attend bidirectionally
+        within each image; an image's tokens must all arrive in the same call."""
+        groups = None
+        if image_features is not None:
+            groups = image_groups(tokens[0], self.config.image_token_id)
+        x = self.hidden(self.embed(tokens, image_features), input_pos, groups)
         if last_logits_only:
             x = x[:, -1:]
         logits = F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)

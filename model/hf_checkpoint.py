@@ -47,14 +47,33 @@ def _decoder_name(name: str) -> str | None:
     return None
 
 
-def read_state_dict(folder: Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Decoder tensors of an HF folder, renamed to `gemma.Gemma`'s names and cast to `dtype`."""
+# The vision tower and projector of a multimodal checkpoint: Google's releases (`vision_tower.vision_model.`),
+# transformers 5.x in memory (`model.vision_tower.`) and as it saves (`vision_tower.`). SigLIP's pooling
+# head, present when vision_use_head is set, is not used by Gemma 3. Longest prefixes first.
+_VISION_PREFIXES = {"model.vision_tower.vision_model.": "vision_tower.", "vision_tower.vision_model.": "vision_tower.",
+                    "model.vision_tower.": "vision_tower.", "vision_tower.": "vision_tower.",
+                    "model.multi_modal_projector.": "multi_modal_projector.",
+                    "multi_modal_projector.": "multi_modal_projector."}
+
+
+def _vision_name(name: str) -> str | None:
+    for prefix, ours in _VISION_PREFIXES.items():
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            return None if rest.startswith("head.") else ours + rest
+    return None
+
+
+def read_state_dict(folder: Path, dtype: torch.dtype = torch.float32, vision: bool = False) -> dict[str, torch.Tensor]:
+    """Decoder tensors of an HF folder, renamed to `gemma.Gemma`'s names and cast to `dtype`; with
+    `vision`, the vision tower's and projector's instead, under `vision.VisionEncoder`'s names."""
+    rename = _vision_name if vision else _decoder_name
     state: dict[str, torch.Tensor] = {}
     for path in _safetensors_files(folder):
         try:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
-                    ours = _decoder_name(name)
+                    ours = rename(name)
                     if ours is not None:
                         state[ours] = f.get_tensor(name).to(dtype)
         except SafetensorError as e:

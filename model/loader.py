@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .gemma import Gemma
 from .gguf_file import read_gguf, read_gguf_config
 from .hf_checkpoint import check_and_load, read_state_dict, write_hf_folder
 from .tokenizer import Tokenizer
+from .vision import VisionConfig, VisionEncoder
 
 DEFAULT_MAX_SEQ_LEN = 4096
 
@@ -81,6 +83,24 @@ def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = 
         raise GemmaEdgeError(f"{path}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
                              f"vocabulary is {config.vocab_size}; use the tokenizer that came with the weights")
     return LoadedModel(config, model, tokenizer, path)
+
+
+def load_vision(path: str | Path, dtype: torch.dtype = torch.float32) -> VisionEncoder:
+    """The vision tower and projector of a multimodal (Gemma 3 4B+) HF checkpoint folder."""
+    path = Path(path)
+    if _is_gguf(path):
+        raise GemmaEdgeError(f"{path}: a GGUF file holds no vision tower here; pass the HF checkpoint folder")
+    try:
+        d = json.loads((path / "config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise GemmaEdgeError(f"{path / 'config.json'}: unreadable ({e}); an HF checkpoint folder needs one") from None
+    config = VisionConfig.from_hf_dict(d)
+    if config is None:
+        raise GemmaEdgeError(f"{path}: config.json has no vision_config; this is a text-only checkpoint "
+                             "(Gemma 3 takes images from 4B up)")
+    encoder = VisionEncoder(config).to(dtype)
+    check_and_load(encoder, read_state_dict(path, dtype, vision=True), path)
+    return encoder.eval()
 
 
 def convert(src: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False,

@@ -12,8 +12,12 @@ from .generate import check_token_ids
 
 
 class ReferenceRunner:
-    def __init__(self, model: Gemma):
+    """`image_features` ([images, tokens per image, hidden], from `vision.VisionEncoder`) fill the image soft
+    tokens of every prefill that starts a session; decode steps are text."""
+
+    def __init__(self, model: Gemma, image_features: torch.Tensor | None = None):
         self.model = model
+        self.image_features = image_features
         self.pos = 0
 
     def reset(self) -> None:
@@ -34,7 +38,8 @@ class ReferenceRunner:
         self._check(tokens)
         t = torch.tensor([list(tokens)], dtype=torch.long)
         pos = torch.arange(self.pos, self.pos + len(tokens))
-        logits = self.model(t, pos, last_logits_only=last_only)[0].float()
+        images = self.image_features if self.pos == 0 else None
+        logits = self.model(t, pos, last_logits_only=last_only, image_features=images)[0].float()
         self.pos += len(tokens)
         return logits[-1] if last_only else logits
 

@@ -15,7 +15,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         from gemma_edge.export.executorch import export_pte
 
         out = export_pte(resolve_model_path(args.model), args.out, max_seq_len=args.max_seq_len,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, text_only=args.text_only)
         manifest = json.loads((out / "manifest.json").read_text())
         print(f"wrote {out}/model.pte ({manifest['size_bytes'] / 2**20:.1f} MiB, sha256 {manifest['sha256'][:16]}…), "
               "tokenizer.model, manifest.json")
@@ -61,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="KV-cache length (longest prompt + answer)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--text-only", action="store_true",
+                   help="pte: leave out the vision tower of a multimodal (4B+) checkpoint; with it, the .pte has "
+                        "ExecuTorch MultimodalRunner's vision_encoder, token_embedding and text_decoder methods")
 
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of an artifact",
                     "Measure an exported folder in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "

@@ -22,8 +22,10 @@ from torch import nn
 
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
-from gemma_edge.model.gemma import Gemma, attention_mask, gelu_tanh_explicit, register_kv, ring_key_positions
+from gemma_edge.model.gemma import (Gemma, attention_mask, gelu_tanh_explicit, image_groups, register_kv,
+                                    ring_key_positions)
 from gemma_edge.model.tokenizer import Tokenizer
+from gemma_edge.model.vision import VisionEncoder
 
 from .manifest import write_manifest
 
@@ -41,14 +43,26 @@ class ETFullCache(nn.Module):
         self.max_seq_len = max_seq_len
         register_kv(self, (1, max_seq_len, num_kv_heads, head_dim), dtype)  # [batch, seq, heads, dim]
 
-    def attend(self, q, k, v, input_pos, scale: float):
+    def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
         start = input_pos[0].item()
         torch._check(start >= 0)
         torch._check(start < self.max_seq_len)
         torch.ops.llama.update_cache(k.transpose(1, 2).contiguous(), self.k, start)
         torch.ops.llama.update_cache(v.transpose(1, 2).contiguous(), self.v, start)
-        out = torch.ops.llama.custom_sdpa(q.transpose(1, 2).contiguous(), self.k, self.v, start, None, 0.0, True, scale)
+        q = q.transpose(1, 2).contiguous()
+        if groups is None:  # text only: the kernel's causal path reads just the first start + T keys
+            out = torch.ops.llama.custom_sdpa(q, self.k, self.v, start, None, 0.0, True, scale)
+        else:  # image soft tokens: an explicit mask over the whole cache (the kernel then reads every slot)
+            key_pos = torch.arange(self.max_seq_len)
+            key_group = torch.full((self.max_seq_len,), -1).index_put((input_pos,), groups)
+            out = torch.ops.llama.custom_sdpa(q, self.k, self.v, 0, _float_mask(
+                attention_mask(input_pos, key_pos, None, groups, key_group)), 0.0, False, scale)
         return out.transpose(1, 2)
+
+
+def _float_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """custom_sdpa takes an additive float mask."""
+    return torch.where(allowed, torch.zeros((), dtype=torch.float32), torch.full((), float("-inf")))
 
 
 class ETRingCache(nn.Module):
@@ -57,10 +71,10 @@ class ETRingCache(nn.Module):
         self.window = window
         register_kv(self, (1, window, num_kv_heads, head_dim), dtype)
 
-    def attend(self, q, k, v, input_pos, scale: float):
+    def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
-        allowed = attention_mask(input_pos, key_pos, self.window)
-        mask = torch.where(allowed, torch.zeros((), dtype=torch.float32), torch.full((), float("-inf")))
+        key_group = None if groups is None else torch.cat((torch.full((self.window,), -1), groups))
+        mask = _float_mask(attention_mask(input_pos, key_pos, self.window, groups, key_group))
         k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         keys, values = torch.cat((self.k, k), dim=1), torch.cat((self.v, v), dim=1)
         out = torch.ops.llama.custom_sdpa(q.transpose(1, 2).contiguous(), keys, values, 0, mask, 0.0, False, scale)
@@ -70,19 +84,25 @@ class ETRingCache(nn.Module):
         return out.transpose(1, 2)
 
 
+def on_et_caches(model: Gemma) -> Gemma:
+    """A copy of `model` whose caches run on ExecuTorch's fused ops, with an activation XNNPACK keeps."""
+    model = copy.deepcopy(model)
+    c = model.config
+    for layer in model.layers:
+        layer.mlp.act = gelu_tanh_explicit  # XNNPACK would lower aten.gelu as the erf GELU
+        attn = layer.self_attn
+        dtype = layer.input_layernorm.weight.dtype  # activations (the linears may be integer)
+        attn.cache = (ETRingCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype) if attn.window
+                      else ETFullCache(c.num_kv_heads, model.max_seq_len, c.head_dim, dtype))
+    return model
+
+
 class PteDecoder(nn.Module):
     """forward(tokens [1, T], input_pos [1]) -> logits [1, vocab] of the last position."""
 
     def __init__(self, model: Gemma):
         super().__init__()
-        self.model = copy.deepcopy(model)
-        c = self.model.config
-        for layer in self.model.layers:
-            layer.mlp.act = gelu_tanh_explicit  # XNNPACK would lower aten.gelu as the erf GELU
-            attn = layer.self_attn
-            dtype = layer.input_layernorm.weight.dtype  # activations (the linears may be integer)
-            attn.cache = (ETRingCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype) if attn.window
-                          else ETFullCache(c.num_kv_heads, self.model.max_seq_len, c.head_dim, dtype))
+        self.model = on_et_caches(model)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         positions = input_pos[0] + torch.arange(tokens.shape[1])
@@ -105,8 +125,71 @@ def runner_metadata(model: Gemma, stop_ids: tuple[int, ...]) -> dict:
     }
 
 
-def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True) -> bytes:
-    """torch.export with a dynamic sequence length, XNNPACK partitioning, ExecuTorch program bytes."""
+class PteTokenEmbedding(nn.Module):
+    """token_embedding(tokens [1, T]) -> [1, T, hidden + 1]: scaled embeddings and a 0 flag channel."""
+
+    def __init__(self, model: Gemma):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.model.embed(tokens)
+        return torch.cat((x, torch.zeros_like(x[..., :1])), dim=-1)
+
+
+class PteVisionEncoder(nn.Module):
+    """vision_encoder(pixels [1, 3, S, S], normalised) -> [1, tokens per image, hidden + 1]: the image's soft
+    tokens and a 1 flag channel, which tells `text_decoder` to let them attend to each other."""
+
+    def __init__(self, encoder: VisionEncoder):
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder)
+        for layer in self.encoder.vision_tower.encoder.layers:
+            layer.mlp.act = gelu_tanh_explicit
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(pixels)
+        return torch.cat((x, torch.ones_like(x[..., :1])), dim=-1)
+
+
+class PteTextDecoder(nn.Module):
+    """text_decoder(embeds [1, T, hidden + 1], input_pos [1]) -> logits [1, vocab] of the last position.
+
+    ExecuTorch's MultimodalRunner feeds it one input at a time — token_embedding's output for text,
+    vision_encoder's for an image — so the flag channel is how the decoder knows which positions are
+    image soft tokens and must see each other (Gemma 3's bidirectional image attention)."""
+
+    def __init__(self, model: Gemma):
+        super().__init__()
+        self.model = on_et_caches(model)
+
+    def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        positions = input_pos[0] + torch.arange(embeds.shape[1])
+        groups = image_groups(embeds[0, :, -1] > 0.5)
+        x = self.model.hidden(embeds[..., :-1], positions, groups)
+        return self.model.logits(x[:, -1:])[:, -1, :]
+
+
+def pte_methods(model: Gemma, vision: VisionEncoder | None = None) -> dict:
+    """name -> (module, example inputs, dynamic shapes): `forward` for a text model; the three methods of
+    ExecuTorch's MultimodalRunner (`vision_encoder`, `token_embedding`, `text_decoder`) with a vision tower."""
+    seq = torch.export.Dim("seq_len", min=1, max=model.max_seq_len)
+    tokens, start = torch.tensor([[2, 3]], dtype=torch.long), torch.tensor([0], dtype=torch.long)
+    if vision is None:
+        return {"forward": (PteDecoder(model), (tokens, start), ({1: seq}, None))}
+    c = vision.config
+    pixels = torch.zeros(1, c.num_channels, c.image_size, c.image_size)
+    embeds = torch.zeros(1, 2, model.config.hidden_size + 1)
+    return {
+        "vision_encoder": (PteVisionEncoder(vision), (pixels,), None),
+        "token_embedding": (PteTokenEmbedding(model), (tokens,), ({1: seq},)),
+        "text_decoder": (PteTextDecoder(model), (embeds, start), ({1: seq}, None)),
+    }
+
+
+def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
+                 vision: VisionEncoder | None = None) -> bytes:
+    """torch.export of each method (dynamic sequence length), XNNPACK partitioning, ExecuTorch program bytes."""
     from tqdm import tqdm
 
     _load_custom_ops()
@@ -116,17 +199,16 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True)
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     bar = tqdm(total=3, desc="export .pte", unit="stage", disable=not progress)
-    decoder = PteDecoder(model).eval()
-    seq = torch.export.Dim("seq_len", min=1, max=model.max_seq_len)
-    example = (torch.tensor([[2, 3]], dtype=torch.long), torch.tensor([0], dtype=torch.long))
     bar.set_postfix_str("torch.export")
+    programs = {}
     with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-        program = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, None), strict=True)
-        program = program.run_decompositions({})
+        for name, (module, example, dynamic) in pte_methods(model, vision).items():
+            program = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=True)
+            programs[name] = program.run_decompositions({})
     bar.update()
     bar.set_postfix_str("lower to XNNPACK")
     edge = to_edge_transform_and_lower(
-        program, partitioner=[XnnpackPartitioner()],
+        programs["forward"] if vision is None else programs, partitioner=[XnnpackPartitioner()],
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
         constant_methods=runner_metadata(model, stop_ids))
     bar.update()
@@ -159,19 +241,29 @@ def pte_model(source: Path, max_seq_len: int) -> tuple[Gemma, Tokenizer]:
     return loaded.model, loaded.tokenizer
 
 
-def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False) -> Path:
-    """`gemma-edge export pte`: model.pte + tokenizer.model + manifest.json in `out`."""
+def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False,
+               text_only: bool = False) -> Path:
+    """`gemma-edge export pte`: model.pte + tokenizer.model + manifest.json in `out`. A multimodal HF folder
+    gives the three methods of ExecuTorch's MultimodalRunner unless `text_only`."""
     from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
+    from gemma_edge.model.image_processing import settings_for
+    from gemma_edge.model.loader import has_vision, load_vision
 
     source = Path(source)
     if Path(out).exists() and not overwrite:
         raise GemmaEdgeError(f"{out}: output already exists; choose another --out or pass --overwrite")
     model, tokenizer = pte_model(source, max_seq_len)
-    pte = lower_to_pte(model, tokenizer.stop_ids)
+    vision = None if text_only or is_quantized_checkpoint(source) or not has_vision(source) else load_vision(source)
+    pte = lower_to_pte(model, tokenizer.stop_ids, vision=vision)
+    metadata = runner_metadata(model, tokenizer.stop_ids)
+    if vision is not None:  # what a runner needs to preprocess images and build the prompt
+        c, s = vision.config, settings_for(source, vision.config.image_size)
+        metadata["vision"] = {"image_size": c.image_size, "image_mean": list(s.mean), "image_std": list(s.std),
+                              "tokens_per_image": c.mm_tokens_per_image, "image_token_id": c.image_token_id,
+                              "boi_token_id": c.boi_token_id, "eoi_token_id": c.eoi_token_id}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "model.pte").write_bytes(pte)
         (tmp / "tokenizer.model").write_bytes(tokenizer.serialized)
-        write_manifest(tmp, source, artifact="model.pte", runtime="executorch",
-                       metadata=runner_metadata(model, tokenizer.stop_ids),
+        write_manifest(tmp, source, artifact="model.pte", runtime="executorch", metadata=metadata,
                        activations="int8_dynamic" if is_quantized_checkpoint(source) else "none")
     return Path(out)

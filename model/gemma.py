@@ -78,12 +78,12 @@ def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | Non
     return allowed
 
 
-def image_groups(tokens: torch.Tensor, image_token_id: int) -> torch.Tensor:
-    """tokens [T] -> [T]: n for the positions of the n-th run of consecutive image soft tokens, -1 for text.
-    Each image (or Pan & Scan crop) is its own run, framed by `<start_of_image>`/`<end_of_image>`."""
-    is_image = tokens == image_token_id
-    starts = is_image & ~F.pad(is_image, (1, 0))[:-1]
-    return torch.where(is_image, starts.long().cumsum(0) - 1, -1)
+def image_groups(is_image: torch.Tensor) -> torch.Tensor:
+    """is_image [T] (bool) -> [T]: n for the positions of the n-th run of consecutive image soft tokens, -1
+    for text. Each image (or Pan & Scan crop) is its own run, framed by `<start_of_image>`/`<end_of_image>`."""
+    x = is_image.long()
+    before = F.pad(x, (1, 0))[:-1]  # (a bool concatenation would pin T in torch.export)
+    return torch.where(is_image, (x > before).long().cumsum(0) - 1, -1)
 
 
 def ring_key_positions(start: torch.Tensor, window: int) -> torch.Tensor:
@@ -290,9 +290,11 @@ class Gemma(nn.Module):
         within each image; an image's tokens must all arrive in the same call."""
         groups = None
         if image_features is not None:
-            groups = image_groups(tokens[0], self.config.image_token_id)
+            groups = image_groups(tokens[0] == self.config.image_token_id)
         x = self.hidden(self.embed(tokens, image_features), input_pos, groups)
-        if last_logits_only:
-            x = x[:, -1:]
+        return self.logits(x[:, -1:] if last_logits_only else x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden states -> logits through the (tied) LM head and the soft-cap."""
         logits = F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
         return self.softcap(logits)

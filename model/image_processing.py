@@ -165,3 +165,26 @@ def image_prompt(text: str, images: Sequence, settings: ImageSettings, tokenizer
                "<image_soft_token>": vision_config.image_token_id}
     pieces = expand_image_tokens(text, crops, vision_config.mm_tokens_per_image)
     return encode_pieces(pieces, lambda t: tokenizer.encode(t, add_bos=False), special, tokenizer.bos_id), pixels
+
+
+def prompt_segments(tokens: Sequence[int], image_token_id: int, tokens_per_image: int) -> list[list[int] | int]:
+    """The prompt as ExecuTorch's MultimodalRunner takes it: runs of text token ids, and for each image
+    (or crop) its index in the pixel batch, in prompt order."""
+    segments: list[list[int] | int] = []
+    i, image = 0, 0
+    while i < len(tokens):
+        if tokens[i] == image_token_id:
+            run = tokens[i:i + tokens_per_image]
+            if len(run) < tokens_per_image or any(t != image_token_id for t in run):
+                raise GemmaEdgeError(f"image soft tokens at position {i} do not form a run of {tokens_per_image}; "
+                                     "build the prompt with expand_image_tokens")
+            segments.append(image)
+            image += 1
+            i += tokens_per_image
+        else:
+            j = i
+            while j < len(tokens) and tokens[j] != image_token_id:
+                j += 1
+            segments.append(list(tokens[i:j]))
+            i = j
+    return segments

@@ -85,6 +85,15 @@ def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = 
     return LoadedModel(config, model, tokenizer, path)
 
 
+def has_vision(path: str | Path) -> bool:
+    """True for an HF folder whose config.json describes a vision tower (Gemma 3 4B+)."""
+    path = Path(path)
+    try:
+        return path.is_dir() and "vision_config" in json.loads((path / "config.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
 def load_vision(path: str | Path, dtype: torch.dtype = torch.float32) -> VisionEncoder:
     """The vision tower and projector of a multimodal (Gemma 3 4B+) HF checkpoint folder."""
     path = Path(path)

@@ -92,3 +92,65 @@ class StockTextRunner:
         self.runner.generate(prompt, config, token_callback=pieces.append, stats_callback=stats.append)
         self.runner.reset()
         return "".join(pieces), json.loads(stats[0].to_json_string()) if stats else {}
+
+
+class ExecuTorchMultimodalRunner:
+    """A multimodal `.pte` (`vision_encoder`, `token_embedding`, `text_decoder`) through `executorch.runtime`,
+    fed one segment per call as ExecuTorch's MultimodalRunner feeds it."""
+
+    def __init__(self, pte: str | Path):
+        load_executorch_kernels()
+        from executorch.runtime import Runtime
+
+        pte = Path(pte)
+        if not pte.is_file():
+            raise GemmaEdgeError(f"{pte}: no such .pte file")
+        program = Runtime.get().load_program(str(pte))
+        missing = {"vision_encoder", "token_embedding", "text_decoder"} - set(program.method_names)
+        if missing:
+            raise GemmaEdgeError(f"{pte}: no {', '.join(sorted(missing))} method; export a multimodal checkpoint "
+                                 "without --text-only")
+        self.vision, self.embed, self.decoder = (program.load_method(n) for n in
+                                                 ("vision_encoder", "token_embedding", "text_decoder"))
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [1, 3, S, S] -> [1, tokens per image, hidden + 1] (the last channel flags image tokens)."""
+        return self.vision.execute([pixels.contiguous()])[0]
+
+    def _decode(self, embeds: torch.Tensor) -> torch.Tensor:
+        out = self.decoder.execute([embeds, torch.tensor([self.pos], dtype=torch.long)])[0]
+        self.pos += embeds.shape[1]
+        return out.reshape(-1)[-out.shape[-1]:].float()
+
+    def prefill(self, segments: Sequence, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """`image_processing.prompt_segments` -> the last logits of each segment's call."""
+        return [self._decode(self.encode_image(pixels[s:s + 1]) if isinstance(s, int)
+                             else self.embed.execute([torch.tensor([list(s)], dtype=torch.long)])[0])
+                for s in segments]
+
+    def decode(self, token: int) -> torch.Tensor:
+        return self._decode(self.embed.execute([torch.tensor([[token]], dtype=torch.long)])[0])
+
+
+def stock_multimodal_generate(folder: str | Path, segments: Sequence, pixels: torch.Tensor,
+                              max_new_tokens: int) -> str:
+    """Greedy text from ExecuTorch's own C++ `MultimodalRunner` (token ids and preprocessed pixels in)."""
+    load_executorch_kernels()
+    from executorch.extension.llm.runner import (GenerationConfig, MultimodalRunner, make_image_input,
+                                                 make_token_input)
+
+    folder = Path(folder)
+    try:
+        runner = MultimodalRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"))
+    except RuntimeError as e:
+        raise GemmaEdgeError(f"{folder}: ExecuTorch's MultimodalRunner refused the artifact ({e})") from None
+    inputs = [make_image_input(pixels[s:s + 1].contiguous()) if isinstance(s, int) else make_token_input(list(s))
+              for s in segments]
+    pieces: list[str] = []
+    config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=0.0, num_bos=0)
+    runner.generate(inputs, config, token_callback=pieces.append)
+    return join_byte_pieces("".join(pieces))

@@ -11,49 +11,18 @@ import torch
 
 from gemma_edge.model import GemmaEdgeError, ReferenceRunner, StreamDecoder, generate, load
 from gemma_edge.model.gemma import image_groups
-from gemma_edge.model.image_processing import (ImageSettings, encode_pieces, expand_image_tokens,
-                                               pan_and_scan_boxes, preprocess)
+from gemma_edge.model.image_processing import ImageSettings, expand_image_tokens, pan_and_scan_boxes, preprocess
 from gemma_edge.model.loader import load_vision
-from gemma_edge.model.tiny import tiny_config
+from tiny_multimodal import TOKENS_PER_IMAGE, photo, prompt_ids, write_tiny_multimodal
 
 transformers = pytest.importorskip("transformers")
 PIL = pytest.importorskip("PIL.Image")
-
-TOKENS_PER_IMAGE = 16  # 8x8 patches pooled 2x2: more than the tiny decoder's sliding window of 8
-
-
-def _tiny_multimodal(folder, seed: int = 0) -> dict:
-    """A random Gemma3ForConditionalGeneration saved in HF layout; returns the special token ids."""
-    text = tiny_config().to_hf_dict()
-    vocab = text["vocab_size"]
-    ids = {"<start_of_image>": vocab, "<end_of_image>": vocab + 1, "<image_soft_token>": vocab + 2}
-    text.update(vocab_size=vocab + 3, model_type="gemma3_text")
-    text.pop("architectures")
-    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                  num_attention_heads=4, image_size=32, patch_size=4, vision_use_head=False)
-    config = transformers.Gemma3Config(
-        text_config=text, vision_config=vision, mm_tokens_per_image=TOKENS_PER_IMAGE,
-        boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
-        image_token_index=ids["<image_soft_token>"])
-    torch.manual_seed(seed)
-    model = transformers.Gemma3ForConditionalGeneration(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-            else:  # norms and biases: (1 + w) and LayerNorm's w both exercised away from their init
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (1.0 if "layer_norm" in name else 0.0))
-    model.save_pretrained(folder)
-    from gemma_edge.model.tokenizer import tiny_tokenizer_model
-    (folder / "tokenizer.model").write_bytes(tiny_tokenizer_model())
-    return ids
 
 
 @pytest.fixture(scope="module")
 def multimodal(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-mm")
-    ids = _tiny_multimodal(folder)
+    ids = write_tiny_multimodal(folder)
     hf = transformers.Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     return folder, ids, hf
 
@@ -65,28 +34,18 @@ def _hf_logits(hf, ids: list[int], pixels: torch.Tensor | None, image_id: int) -
                   use_cache=False).logits[0]
 
 
-def _photo(height: int, width: int, seed: int) -> "PIL.Image.Image":
-    rng = np.random.default_rng(seed)
-    return PIL.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def _prompt_ids(ids: dict, tokenizer, prompt: str, crop_counts: list[int]) -> list[int]:
-    pieces = expand_image_tokens(prompt, crop_counts, TOKENS_PER_IMAGE)
-    return encode_pieces(pieces, lambda t: tokenizer.encode(t, add_bos=False), ids, tokenizer.bos_id)
-
-
 @pytest.mark.parametrize("case", ["one image", "two images", "pan and scan"])
 def test_image_text_logits_equal_transformers(multimodal, case):
     folder, ids, hf = multimodal
     loaded = load(folder, max_seq_len=256)
     encoder = load_vision(folder)
     settings = ImageSettings(size=32, pan_and_scan=case == "pan and scan", min_crop_size=8)
-    images = {"one image": [_photo(40, 40, 1)], "two images": [_photo(30, 50, 2), _photo(64, 16, 3)],
-              "pan and scan": [_photo(20, 60, 4)]}[case]
+    images = {"one image": [photo(40, 40, 1)], "two images": [photo(30, 50, 2), photo(64, 16, 3)],
+              "pan and scan": [photo(20, 60, 4)]}[case]
     prompt = " then ".join(["look <start_of_image>"] * len(images)) + " what is it?"
     pixels, crops = preprocess(images, settings)
     assert (crops == [3]) if case == "pan and scan" else (crops == [0] * len(images))
-    tokens = _prompt_ids(ids, loaded.tokenizer, prompt, crops)
+    tokens = prompt_ids(ids, loaded.tokenizer, prompt, crops)
     n = len(tokens)
     assert tokens.count(ids["<image_soft_token>"]) == TOKENS_PER_IMAGE * pixels.shape[0]
 
@@ -128,7 +87,7 @@ def test_image_tokens_attend_bidirectionally(multimodal):
 def test_image_groups_number_each_run():
     img = 9
     tokens = torch.tensor([1, img, img, 5, img, 7, img, img, img])
-    assert image_groups(tokens, img).tolist() == [-1, 0, 0, -1, 1, -1, 2, 2, 2]
+    assert image_groups(tokens == img).tolist() == [-1, 0, 0, -1, 1, -1, 2, 2, 2]
 
 
 def test_placeholder_count_must_match_images(multimodal):
@@ -226,7 +185,7 @@ def test_run_with_images_generates_transformers_greedy_tokens(multimodal, tmp_pa
     files = []
     for i, (h, w) in enumerate([(40, 24), (24, 24)]):
         files.append(tmp_path / f"img{i}.png")
-        _photo(h, w, 10 + i).save(files[-1])
+        photo(h, w, 10 + i).save(files[-1])
     prompt = "first <start_of_image> second <start_of_image> answer:"
     out = subprocess.run([sys.executable, "-m", "gemma_edge.cli.main", "run", str(folder), "--image", *map(str, files),
                           "--prompt", prompt, "--max-new-tokens", "6", "--max-seq-len", "256"],
@@ -234,7 +193,7 @@ def test_run_with_images_generates_transformers_greedy_tokens(multimodal, tmp_pa
 
     loaded = load(folder, max_seq_len=256)
     pixels, crops = preprocess([PIL.open(f) for f in files], ImageSettings(size=32))
-    tokens = _prompt_ids(ids, loaded.tokenizer, prompt, crops)
+    tokens = prompt_ids(ids, loaded.tokenizer, prompt, crops)
     input_ids = torch.tensor([tokens])
     with torch.no_grad():
         new = hf.generate(input_ids=input_ids, pixel_values=pixels, token_type_ids=(input_ids == ids["<image_soft_token>"]).long(),

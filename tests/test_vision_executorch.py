@@ -1,0 +1,106 @@
+"""The multimodal `.pte` (tiny random Gemma 3 with a vision tower) against the PyTorch reference: each method,
+every call of an image+text prompt fed as ExecuTorch's MultimodalRunner feeds it, and the stock C++
+MultimodalRunner's greedy text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gemma_edge.export.executorch import export_pte
+from gemma_edge.model import ReferenceRunner, generate, load
+from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_segments
+from gemma_edge.model.loader import load_vision
+from gemma_edge.runtimes.executorch_runner import ExecuTorchMultimodalRunner, stock_multimodal_generate
+from tiny_multimodal import TOKENS_PER_IMAGE, photo, prompt_ids, write_tiny_multimodal
+
+pytest.importorskip("transformers")
+pytest.importorskip("executorch")
+
+MAX_SEQ_LEN = 256
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mm-pte")
+    ids = write_tiny_multimodal(root / "ckpt")
+    export_pte(root / "ckpt", root / "pte", max_seq_len=MAX_SEQ_LEN)
+    return root / "ckpt", root / "pte", ids
+
+
+def _prompt(folder, ids):
+    """Two images, the second with three Pan & Scan crops: five runs of soft tokens."""
+    loaded = load(folder, max_seq_len=MAX_SEQ_LEN)
+    pixels, crops = preprocess([photo(30, 34, 5), photo(20, 60, 6)],
+                               ImageSettings(size=32, pan_and_scan=True, min_crop_size=8))
+    assert crops == [0, 3]
+    tokens = prompt_ids(ids, loaded.tokenizer, "look <start_of_image> then <start_of_image> what?", crops)
+    return loaded, pixels, tokens
+
+
+def test_manifest_and_methods(exported):
+    folder, pte, ids = exported
+    meta = json.loads((pte / "manifest.json").read_text())["metadata"]
+    assert meta["vision"] == {"image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+                              "tokens_per_image": TOKENS_PER_IMAGE, "image_token_id": ids["<image_soft_token>"],
+                              "boi_token_id": ids["<start_of_image>"], "eoi_token_id": ids["<end_of_image>"]}
+    runner = ExecuTorchMultimodalRunner(pte / "model.pte")
+    pixels, _ = preprocess([photo(32, 32, 1)], ImageSettings(size=32))
+    got = runner.encode_image(pixels)
+    with torch.no_grad():
+        want = load_vision(folder)(pixels)
+    torch.testing.assert_close(got[..., :-1], want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[..., -1], torch.ones(1, TOKENS_PER_IMAGE))
+
+
+def test_every_call_of_an_image_prompt_equals_the_reference(exported):
+    folder, pte, ids = exported
+    loaded, pixels, tokens = _prompt(folder, ids)
+    with torch.no_grad():
+        ref = loaded.model(torch.tensor([tokens]), torch.arange(len(tokens)),
+                           image_features=load_vision(folder)(pixels))[0]
+    segments = prompt_segments(tokens, ids["<image_soft_token>"], TOKENS_PER_IMAGE)
+    assert [s for s in segments if isinstance(s, int)] == [0, 1, 2, 3, 4]  # image, image, its 3 crops
+    ends = []
+    for s in segments:
+        ends.append((ends[-1] if ends else 0) + (TOKENS_PER_IMAGE if isinstance(s, int) else len(s)))
+    runner = ExecuTorchMultimodalRunner(pte / "model.pte")
+    got = torch.stack(runner.prefill(segments, pixels))
+    torch.testing.assert_close(got, ref[[e - 1 for e in ends]], atol=1e-4, rtol=1e-4)
+    # A decoder with causal attention over the images (what a stock export does) would not pass.
+    loaded.model.reset_caches()
+    with torch.no_grad():
+        x = loaded.model.embed(torch.tensor([tokens]), load_vision(folder)(pixels))
+        causal = loaded.model.logits(loaded.model.hidden(x, torch.arange(len(tokens))))[0]
+    assert (got[-1] - causal[ends[-1] - 1]).abs().max() > 1e-2
+
+
+def test_stock_multimodal_runner_generates_the_reference_greedy_text(exported):
+    folder, pte, ids = exported
+    loaded, pixels, tokens = _prompt(folder, ids)
+    with torch.no_grad():
+        features = load_vision(folder)(pixels)
+    stops = loaded.tokenizer.stop_ids
+    new = generate(ReferenceRunner(loaded.model, features), tokens, 12, stop_ids=stops)
+    want = loaded.tokenizer.decode([t for t in new if t not in stops])
+    segments = prompt_segments(tokens, ids["<image_soft_token>"], TOKENS_PER_IMAGE)
+    assert stock_multimodal_generate(pte, segments, pixels, max_new_tokens=12) == want
+
+
+def test_text_only_export_leaves_the_vision_tower_out(exported, tmp_path, monkeypatch):
+    """--text-only lowers the one-method text graph (the path the text suites test) and records no vision."""
+    import gemma_edge.export.executorch as et
+
+    folder, _, _ = exported
+    lowered = {}
+
+    def fake_lower(model, stop_ids, progress=True, vision=None):
+        lowered.update(methods=sorted(et.pte_methods(model, vision)), vision=vision)
+        return b"pte"
+
+    monkeypatch.setattr(et, "lower_to_pte", fake_lower)
+    out = export_pte(folder, tmp_path / "text", max_seq_len=MAX_SEQ_LEN, text_only=True)
+    assert lowered == {"methods": ["forward"], "vision": None}
+    assert "vision" not in json.loads((out / "manifest.json").read_text())["metadata"]

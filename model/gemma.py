@@ -177,7 +177,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
-        # Exporters' caches take no image groups: text-only graphs never pass them.
+        # Image groups only when there are images: QAT's cache takes none, and text-only graphs stay as they were.
         out = (self.cache.attend(q, k, v, input_pos, self.scale) if groups is None
                else self.cache.attend(q, k, v, input_pos, self.scale, groups))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))

@@ -22,17 +22,22 @@ def load_executorch_kernels() -> None:
         raise GemmaEdgeError(f"ExecuTorch is not installed ({e}); run: pip install 'gemma-edge[export]'") from None
 
 
+def load_program(pte: str | Path):
+    """An `executorch.runtime` program with the kernels registered, or a one-line error naming the file."""
+    load_executorch_kernels()
+    from executorch.runtime import Runtime
+
+    pte = Path(pte)
+    if not pte.is_file():
+        raise GemmaEdgeError(f"{pte}: no such .pte file")
+    return Runtime.get().load_program(str(pte))
+
+
 class ExecuTorchRunner:
     """`Runner` over `executorch.runtime`: forward(tokens [1, T], start [1]) -> last logits."""
 
     def __init__(self, pte: str | Path):
-        load_executorch_kernels()
-        from executorch.runtime import Runtime
-
-        pte = Path(pte)
-        if not pte.is_file():
-            raise GemmaEdgeError(f"{pte}: no such .pte file")
-        program = Runtime.get().load_program(str(pte))
+        program = load_program(pte)
         self.method = program.load_method("forward")
         self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
         self.vocab_size = int(program.load_method("get_vocab_size").execute([])[0])
@@ -99,13 +104,7 @@ class ExecuTorchMultimodalRunner:
     fed one segment per call as ExecuTorch's MultimodalRunner feeds it."""
 
     def __init__(self, pte: str | Path):
-        load_executorch_kernels()
-        from executorch.runtime import Runtime
-
-        pte = Path(pte)
-        if not pte.is_file():
-            raise GemmaEdgeError(f"{pte}: no such .pte file")
-        program = Runtime.get().load_program(str(pte))
+        program = load_program(pte)
         missing = {"vision_encoder", "token_embedding", "text_decoder"} - set(program.method_names)
         if missing:
             raise GemmaEdgeError(f"{pte}: no {', '.join(sorted(missing))} method; export a multimodal checkpoint "

@@ -10,6 +10,8 @@ The graph is the reference `Gemma` module with each layer's cache swapped for on
   be longer than the window.
 The method takes `tokens [1, T]` and `input_pos [1]` (the start position), T dynamic up to
 `max_seq_len`, and returns the last position's logits [1, vocab] — the stock runner reads only those.
+A multimodal checkpoint gives instead the three methods of ExecuTorch's MultimodalRunner
+(`vision_encoder`, `token_embedding`, `text_decoder`, see `pte_methods` and docs/vision.md).
 """
 
 from __future__ import annotations

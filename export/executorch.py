@@ -24,8 +24,8 @@ from torch import nn
 
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
-from gemma_edge.model.gemma import (Gemma, attention_mask, gelu_tanh_explicit, image_groups, register_kv,
-                                    ring_key_positions)
+from gemma_edge.model.gemma import (Gemma, attention_mask, full_cache_key_groups, gelu_tanh_explicit, image_groups,
+                                    register_kv, ring_key_groups, ring_key_positions)
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionEncoder
 
@@ -56,7 +56,7 @@ class ETFullCache(nn.Module):
             out = torch.ops.llama.custom_sdpa(q, self.k, self.v, start, None, 0.0, True, scale)
         else:  # image soft tokens: an explicit mask over the whole cache (the kernel then reads every slot)
             key_pos = torch.arange(self.max_seq_len)
-            key_group = torch.full((self.max_seq_len,), -1).index_put((input_pos,), groups)
+            key_group = full_cache_key_groups(groups, input_pos, self.max_seq_len)
             out = torch.ops.llama.custom_sdpa(q, self.k, self.v, 0, _float_mask(
                 attention_mask(input_pos, key_pos, None, groups, key_group)), 0.0, False, scale)
         return out.transpose(1, 2)
@@ -75,7 +75,7 @@ class ETRingCache(nn.Module):
 
     def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
-        key_group = None if groups is None else torch.cat((torch.full((self.window,), -1), groups))
+        key_group = None if groups is None else ring_key_groups(groups, self.window)
         mask = _float_mask(attention_mask(input_pos, key_pos, self.window, groups, key_group))
         k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         keys, values = torch.cat((self.k, k), dim=1), torch.cat((self.v, v), dim=1)

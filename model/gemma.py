@@ -86,6 +86,17 @@ def image_groups(is_image: torch.Tensor) -> torch.Tensor:
     return torch.where(is_image, (x > before).long().cumsum(0) - 1, -1)
 
 
+def full_cache_key_groups(groups: torch.Tensor, input_pos: torch.Tensor, slots: int) -> torch.Tensor:
+    """Image groups of a full cache's slots for this call: the call's groups at its positions, -1 elsewhere
+    (an image's tokens all arrive in one call, so earlier calls hold none of its keys)."""
+    return torch.full((slots,), -1).index_put((input_pos,), groups)
+
+
+def ring_key_groups(groups: torch.Tensor, window: int) -> torch.Tensor:
+    """Image groups of [ring before the call ++ the call's keys], the keys a sliding layer attends over."""
+    return torch.cat((torch.full((window,), -1), groups))
+
+
 def ring_key_positions(start: torch.Tensor, window: int) -> torch.Tensor:
     """Positions held by ring slots 0..window-1 before a call starting at `start` (a 0-d tensor): slot s
     holds the latest p < start with p % window == s; negative means empty. Positions arrive in order,
@@ -118,7 +129,7 @@ class FullKVCache(nn.Module):
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         key_pos = torch.arange(self.k.shape[2], device=input_pos.device)
-        key_group = None if groups is None else torch.full_like(key_pos, -1).index_copy(0, input_pos, groups)
+        key_group = None if groups is None else full_cache_key_groups(groups, input_pos, self.k.shape[2])
         return sdpa(q, self.k, self.v, attention_mask(input_pos, key_pos, None, groups, key_group), scale)
 
 
@@ -141,7 +152,7 @@ class RingKVCache(nn.Module):
 
     def attend(self, q, k, v, input_pos: torch.Tensor, scale: float, groups: torch.Tensor | None = None) -> torch.Tensor:
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
-        key_group = None if groups is None else torch.cat((torch.full((self.window,), -1), groups))
+        key_group = None if groups is None else ring_key_groups(groups, self.window)
         mask = attention_mask(input_pos, key_pos, self.window, groups, key_group)
         out = sdpa(q, torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2), mask, scale)
         keep = min(k.shape[2], self.window)
@@ -258,21 +269,22 @@ class Gemma(nn.Module):
         global_ = rope_cos_sin(self.inv_freq_global, input_pos)
         for layer in self.layers:
             cos, sin = local if layer.is_sliding else global_
-            x = layer(x, input_pos, cos, sin) if groups is None else layer(x, input_pos, cos, sin, groups)
+            x = layer(x, input_pos, cos, sin, groups)
         return self.norm(x)
 
     def embed(self, tokens: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled token embeddings [1, T, hidden]; with `image_features` ([images, tokens per image, hidden],
         from `vision.VisionEncoder`) written, unscaled, over the image soft-token placeholders in order."""
-        scale = self.embed_scale
+        if image_features is not None:
+            if self.config.image_token_id is None:
+                raise GemmaEdgeError("this checkpoint's config.json names no image_token_id: "
+                                     "a text-only Gemma 3 takes no images")
+            is_image = tokens == self.config.image_token_id
+            tokens = tokens.masked_fill(is_image, self.config.pad_token_id)  # placeholders may lie past the table
+        x = self.embed_tokens(tokens)
+        x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         if image_features is None:
-            x = self.embed_tokens(tokens)
-            return x * torch.tensor(scale, dtype=x.dtype)
-        if self.config.image_token_id is None:
-            raise GemmaEdgeError("this checkpoint's config.json names no image_token_id: a text-only Gemma 3 takes no images")
-        is_image = tokens == self.config.image_token_id
-        x = self.embed_tokens(tokens.masked_fill(is_image, self.config.pad_token_id))
-        x = x * torch.tensor(scale, dtype=x.dtype)
+            return x
         features = image_features.reshape(-1, x.shape[-1]).to(x.dtype)
         if int(is_image.sum()) != features.shape[0]:
             raise GemmaEdgeError(f"the prompt has {int(is_image.sum())} image soft tokens but the images give "

@@ -155,16 +155,22 @@ def settings_for(folder: str | Path, image_size: int, pan_and_scan: bool = False
                          std=tuple(d.get("image_std", (0.5,) * 3)), pan_and_scan=pan_and_scan)
 
 
+def prompt_ids(text: str, crop_counts: Sequence[int], tokenizer, vision_config) -> list[int]:
+    """BOS + `text` with each `<start_of_image>` expanded (Pan & Scan crops included) and tokenized as the HF
+    processor does; `vision_config` (`vision.VisionConfig`) gives the image token ids."""
+    special = {BOI: vision_config.boi_token_id, "<end_of_image>": vision_config.eoi_token_id,
+               "<image_soft_token>": vision_config.image_token_id}
+    pieces = expand_image_tokens(text, crop_counts, vision_config.mm_tokens_per_image)
+    return encode_pieces(pieces, lambda t: tokenizer.encode(t, add_bos=False), special, tokenizer.bos_id)
+
+
 def image_prompt(text: str, images: Sequence, settings: ImageSettings, tokenizer, vision_config) -> tuple[list[int], torch.Tensor]:
     """Token ids (BOS first) and pixel values for a prompt with images. Each `<start_of_image>` in `text`
     marks where an image goes; a text with none gets the images before it."""
     if BOI not in text:
         text = BOI * len(images) + text
     pixels, crops = preprocess(images, settings)
-    special = {BOI: vision_config.boi_token_id, "<end_of_image>": vision_config.eoi_token_id,
-               "<image_soft_token>": vision_config.image_token_id}
-    pieces = expand_image_tokens(text, crops, vision_config.mm_tokens_per_image)
-    return encode_pieces(pieces, lambda t: tokenizer.encode(t, add_bos=False), special, tokenizer.bos_id), pixels
+    return prompt_ids(text, crops, tokenizer, vision_config), pixels
 
 
 def prompt_segments(tokens: Sequence[int], image_token_id: int, tokens_per_image: int) -> list[list[int] | int]:

@@ -123,7 +123,7 @@ class ExecuTorchMultimodalRunner:
     def _decode(self, embeds: torch.Tensor) -> torch.Tensor:
         out = self.decoder.execute([embeds, torch.tensor([self.pos], dtype=torch.long)])[0]
         self.pos += embeds.shape[1]
-        return out.reshape(-1)[-out.shape[-1]:].float()
+        return out.reshape(-1, out.shape[-1])[-1].float()
 
     def prefill(self, segments: Sequence, pixels: torch.Tensor) -> list[torch.Tensor]:
         """`image_processing.prompt_segments` -> the last logits of each segment's call."""

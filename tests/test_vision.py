@@ -8,15 +8,16 @@ import types
 import numpy as np
 import pytest
 import torch
+import transformers
+from PIL import Image
+from skimage import data as skimage_data
 
 from gemma_edge.model import GemmaEdgeError, ReferenceRunner, StreamDecoder, generate, load
 from gemma_edge.model.gemma import image_groups
-from gemma_edge.model.image_processing import ImageSettings, expand_image_tokens, pan_and_scan_boxes, preprocess
+from gemma_edge.model.image_processing import (ImageSettings, expand_image_tokens, pan_and_scan_boxes, preprocess,
+                                               prompt_ids)
 from gemma_edge.model.loader import load_vision
-from tiny_multimodal import TOKENS_PER_IMAGE, photo, prompt_ids, write_tiny_multimodal
-
-transformers = pytest.importorskip("transformers")
-PIL = pytest.importorskip("PIL.Image")
+from tiny_multimodal import TOKENS_PER_IMAGE, photo, write_tiny_multimodal
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_image_text_logits_equal_transformers(multimodal, case):
     prompt = " then ".join(["look <start_of_image>"] * len(images)) + " what is it?"
     pixels, crops = preprocess(images, settings)
     assert (crops == [3]) if case == "pan and scan" else (crops == [0] * len(images))
-    tokens = prompt_ids(ids, loaded.tokenizer, prompt, crops)
+    tokens = prompt_ids(prompt, crops, loaded.tokenizer, encoder.config)
     n = len(tokens)
     assert tokens.count(ids["<image_soft_token>"]) == TOKENS_PER_IMAGE * pixels.shape[0]
 
@@ -121,22 +122,21 @@ def test_prompt_expansion_equals_the_hf_processor():
 
 # --- preprocessing on real photographs ----------------------------------------------------------------
 
-def _photographs() -> dict[str, "PIL.Image.Image"]:
-    data = pytest.importorskip("skimage.data")
-    rocket = data.rocket()
+def _photographs() -> dict[str, Image.Image]:
+    rocket = skimage_data.rocket()
     return {
-        "astronaut 512x512": PIL.fromarray(data.astronaut()),
-        "chelsea 300x451": PIL.fromarray(data.chelsea()),
-        "coffee 400x600": PIL.fromarray(data.coffee()),
-        "rocket 427x640": PIL.fromarray(rocket),
-        "rocket portrait 640x427": PIL.fromarray(np.ascontiguousarray(rocket.transpose(1, 0, 2))),
-        "camera grey 512x512": PIL.fromarray(data.camera()),
-        "hubble 872x1000": PIL.fromarray(data.hubble_deep_field()),
-        "coffee strip 200x600": PIL.fromarray(data.coffee()[:200]),
-        "astronaut tall 512x128": PIL.fromarray(np.ascontiguousarray(data.astronaut()[:, :128])),
-        "astronaut panorama 512x1536": PIL.fromarray(np.concatenate([data.astronaut()] * 3, axis=1)),
-        "coffee panorama 400x3000": PIL.fromarray(np.concatenate([data.coffee()] * 5, axis=1)),
-        "chelsea column 900x451": PIL.fromarray(np.concatenate([data.chelsea()] * 3, axis=0)),
+        "astronaut 512x512": Image.fromarray(skimage_data.astronaut()),
+        "chelsea 300x451": Image.fromarray(skimage_data.chelsea()),
+        "coffee 400x600": Image.fromarray(skimage_data.coffee()),
+        "rocket 427x640": Image.fromarray(rocket),
+        "rocket portrait 640x427": Image.fromarray(np.ascontiguousarray(rocket.transpose(1, 0, 2))),
+        "camera grey 512x512": Image.fromarray(skimage_data.camera()),
+        "hubble 872x1000": Image.fromarray(skimage_data.hubble_deep_field()),
+        "coffee strip 200x600": Image.fromarray(skimage_data.coffee()[:200]),
+        "astronaut tall 512x128": Image.fromarray(np.ascontiguousarray(skimage_data.astronaut()[:, :128])),
+        "astronaut panorama 512x1536": Image.fromarray(np.concatenate([skimage_data.astronaut()] * 3, axis=1)),
+        "coffee panorama 400x3000": Image.fromarray(np.concatenate([skimage_data.coffee()] * 5, axis=1)),
+        "chelsea column 900x451": Image.fromarray(np.concatenate([skimage_data.chelsea()] * 3, axis=0)),
     }
 
 
@@ -170,7 +170,7 @@ def test_pan_and_scan_counts_by_hand():
 
 
 def test_transparency_composites_onto_white():
-    rgba = PIL.new("RGBA", (8, 8), (0, 0, 0, 0))
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     pixels, _ = preprocess([rgba], ImageSettings(size=8))
     assert torch.equal(pixels, torch.ones(1, 3, 8, 8))  # white is (1 - 0.5) / 0.5
 
@@ -192,8 +192,9 @@ def test_run_with_images_generates_transformers_greedy_tokens(multimodal, tmp_pa
                          capture_output=True, text=True, check=True).stdout
 
     loaded = load(folder, max_seq_len=256)
-    pixels, crops = preprocess([PIL.open(f) for f in files], ImageSettings(size=32))
-    tokens = prompt_ids(ids, loaded.tokenizer, prompt, crops)
+    pixels, crops = preprocess([Image.open(f) for f in files], ImageSettings(size=32))
+    encoder = load_vision(folder)
+    tokens = prompt_ids(prompt, crops, loaded.tokenizer, encoder.config)
     input_ids = torch.tensor([tokens])
     with torch.no_grad():
         new = hf.generate(input_ids=input_ids, pixel_values=pixels, token_type_ids=(input_ids == ids["<image_soft_token>"]).long(),
@@ -203,5 +204,5 @@ def test_run_with_images_generates_transformers_greedy_tokens(multimodal, tmp_pa
     stream = StreamDecoder(loaded.tokenizer)
     assert out == prompt + "".join(stream.push(t) for t in new if t not in stops) + "\n"
 
-    runner = ReferenceRunner(loaded.model, load_vision(folder)(pixels).detach())
+    runner = ReferenceRunner(loaded.model, encoder(pixels).detach())
     assert len(new) >= 3 and generate(runner, tokens, 6, stop_ids=stops) == new

@@ -11,13 +11,10 @@ import torch
 
 from gemma_edge.export.executorch import export_pte
 from gemma_edge.model import ReferenceRunner, generate, load
-from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_segments
+from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_ids, prompt_segments
 from gemma_edge.model.loader import load_vision
 from gemma_edge.runtimes.executorch_runner import ExecuTorchMultimodalRunner, stock_multimodal_generate
-from tiny_multimodal import TOKENS_PER_IMAGE, photo, prompt_ids, write_tiny_multimodal
-
-pytest.importorskip("transformers")
-pytest.importorskip("executorch")
+from tiny_multimodal import TOKENS_PER_IMAGE, photo, write_tiny_multimodal
 
 MAX_SEQ_LEN = 256
 
@@ -30,14 +27,15 @@ def exported(tmp_path_factory):
     return root / "ckpt", root / "pte", ids
 
 
-def _prompt(folder, ids):
+def _prompt(folder):
     """Two images, the second with three Pan & Scan crops: five runs of soft tokens."""
     loaded = load(folder, max_seq_len=MAX_SEQ_LEN)
     pixels, crops = preprocess([photo(30, 34, 5), photo(20, 60, 6)],
                                ImageSettings(size=32, pan_and_scan=True, min_crop_size=8))
     assert crops == [0, 3]
-    tokens = prompt_ids(ids, loaded.tokenizer, "look <start_of_image> then <start_of_image> what?", crops)
-    return loaded, pixels, tokens
+    encoder = load_vision(folder)
+    tokens = prompt_ids("look <start_of_image> then <start_of_image> what?", crops, loaded.tokenizer, encoder.config)
+    return loaded, encoder, pixels, tokens
 
 
 def test_manifest_and_methods(exported):
@@ -57,10 +55,10 @@ def test_manifest_and_methods(exported):
 
 def test_every_call_of_an_image_prompt_equals_the_reference(exported):
     folder, pte, ids = exported
-    loaded, pixels, tokens = _prompt(folder, ids)
+    loaded, encoder, pixels, tokens = _prompt(folder)
     with torch.no_grad():
         ref = loaded.model(torch.tensor([tokens]), torch.arange(len(tokens)),
-                           image_features=load_vision(folder)(pixels))[0]
+                           image_features=encoder(pixels))[0]
     segments = prompt_segments(tokens, ids["<image_soft_token>"], TOKENS_PER_IMAGE)
     assert [s for s in segments if isinstance(s, int)] == [0, 1, 2, 3, 4]  # image, image, its 3 crops
     ends = []
@@ -72,16 +70,16 @@ def test_every_call_of_an_image_prompt_equals_the_reference(exported):
     # A decoder with causal attention over the images (what a stock export does) would not pass.
     loaded.model.reset_caches()
     with torch.no_grad():
-        x = loaded.model.embed(torch.tensor([tokens]), load_vision(folder)(pixels))
+        x = loaded.model.embed(torch.tensor([tokens]), encoder(pixels))
         causal = loaded.model.logits(loaded.model.hidden(x, torch.arange(len(tokens))))[0]
     assert (got[-1] - causal[ends[-1] - 1]).abs().max() > 1e-2
 
 
 def test_stock_multimodal_runner_generates_the_reference_greedy_text(exported):
     folder, pte, ids = exported
-    loaded, pixels, tokens = _prompt(folder, ids)
+    loaded, encoder, pixels, tokens = _prompt(folder)
     with torch.no_grad():
-        features = load_vision(folder)(pixels)
+        features = encoder(pixels)
     stops = loaded.tokenizer.stop_ids
     new = generate(ReferenceRunner(loaded.model, features), tokens, 12, stop_ids=stops)
     want = loaded.tokenizer.decode([t for t in new if t not in stops])

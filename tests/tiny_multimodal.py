@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gemma_edge.model.image_processing import encode_pieces, expand_image_tokens
 from gemma_edge.model.tiny import tiny_config
 from gemma_edge.model.tokenizer import tiny_tokenizer_model
 
@@ -47,11 +46,3 @@ def photo(height: int, width: int, seed: int) -> Image.Image:
     """Random RGB noise: every pixel matters to the vision tower."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def prompt_ids(ids: dict, tokenizer, prompt: str, crop_counts: list[int]) -> list[int]:
-    """BOS + the prompt with each <start_of_image> expanded as the HF processor does."""
-    pieces = expand_image_tokens(prompt, crop_counts, TOKENS_PER_IMAGE)
-    return encode_pieces(pieces, lambda t: tokenizer.encode(t, add_bos=False), ids, tokenizer.bos_id)
-
-

@@ -23,10 +23,11 @@ def cmd_export(args: argparse.Namespace) -> None:
         from gemma_edge.export.onnx import export_onnx
 
         out = export_onnx(resolve_model_path(args.model), args.out, max_seq_len=args.max_seq_len,
-                          overwrite=args.overwrite)
-        size = sum(p.stat().st_size for p in (out / "model.onnx", out / "model.onnx.data")) / 2**20
-        print(f"wrote {out}/model.onnx + model.onnx.data ({size:.1f} MiB), genai_config.json, tokenizer.model, "
-              "manifest.json")
+                          overwrite=args.overwrite, text_only=args.text_only)
+        models = [p.name for p in (out / "vision.onnx", out / "embedding.onnx", out / "model.onnx") if p.exists()]
+        size = sum(p.stat().st_size for p in out.glob("*.onnx*")) / 2**20
+        print(f"wrote {out}/{' + '.join(models)} with their .data ({size:.1f} MiB), genai_config.json, "
+              "tokenizer.model, manifest.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -62,8 +63,10 @@ def register(sub) -> None:
     p.add_argument("--max-seq-len", type=int, default=2048, help="KV-cache length (longest prompt + answer)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--text-only", action="store_true",
-                   help="pte: leave out the vision tower of a multimodal (4B+) checkpoint; with it, the .pte has "
-                        "ExecuTorch MultimodalRunner's vision_encoder, token_embedding and text_decoder methods")
+                   help="leave out the vision tower of a multimodal (4B+) checkpoint. With it, the .pte has "
+                        "ExecuTorch MultimodalRunner's vision_encoder, token_embedding and text_decoder methods, "
+                        "and the ONNX folder onnxruntime-genai's gemma3 layout: vision.onnx, embedding.onnx and "
+                        "model.onnx fed embeddings (standard Attention with the image mask instead of GQA)")
 
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of an artifact",
                     "Measure an exported folder in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "

@@ -18,7 +18,17 @@ def cmd_parity(args: argparse.Namespace) -> int:
         from gemma_edge.model import Tokenizer
 
         prompts = prompts_from_file(args.prompts, Tokenizer.from_file(Path(args.artifact) / "tokenizer.model"))
-    report = run_parity(args.artifact, against=args.against, prompts=prompts, source=args.source)
+    image_prompts = None
+    if args.image:
+        from gemma_edge.model.image_processing import BOI, open_image
+        from gemma_edge.runtimes.parity import DEFAULT_IMAGE_TEXT, image_prompt_for
+
+        text = args.image_prompt or DEFAULT_IMAGE_TEXT.replace(BOI, BOI * len(args.image))
+        image_prompts = [image_prompt_for(args.artifact, text, [open_image(f) for f in args.image],
+                                          pan_and_scan=args.pan_and_scan,
+                                          name=f"image prompt ({', '.join(Path(f).name for f in args.image)})")]
+    report = run_parity(args.artifact, against=args.against, prompts=prompts, source=args.source,
+                        image_prompts=image_prompts)
     print(report.to_markdown())
     if args.report:
         print(f"wrote {write_report(report, args.report)}")
@@ -104,7 +114,8 @@ def register(sub) -> None:
                     "Teacher-forced at every position (max |dlogit|, min cosine, top-1/top-5 agreement, "
                     "KL(ref||artifact), perplexity of each) and free-running greedy (tokens until the first "
                     "divergence; the runtime's own loop must print the same tokens) on three short prompts and "
-                    "a passage longer than the sliding window. --against quantized (default) checks export "
+                    "a passage longer than the sliding window, plus an image+text prompt for a multimodal "
+                    "artifact (ExecuTorch's MultimodalRunner, genai's gemma3 pipeline). --against quantized (default) checks export "
                     "fidelity against the model the artifact came from, built as the artifact computes; "
                     "--against float measures what the recipe costs. Thresholds: "
                     "gemma_edge/runtimes/thresholds.json. Exit 1 when any threshold fails, 2 on bad input.")
@@ -113,6 +124,12 @@ def register(sub) -> None:
     p.add_argument("--prompts", help="JSON list of prompt strings (default: built-in prompts)")
     p.add_argument("--source", help="reference checkpoint (default: the path recorded at export)")
     p.add_argument("--report", help="folder for parity.json and parity.md")
+    p.add_argument("--image", nargs="+", metavar="FILE",
+                   help="multimodal artifacts: check an image+text prompt on these images instead of the "
+                        "built-in test card (the vision encoder, the image mask and the text after it)")
+    p.add_argument("--image-prompt", metavar="TEXT",
+                   help="text of that prompt; each <start_of_image> marks an image (default: describe them)")
+    p.add_argument("--pan-and-scan", action="store_true", help="also feed crops of elongated images")
 
     p = add_command(sub, "quickstart", cmd_quickstart, "the whole pipeline on the bundled 270M",
                     "Convert the bundled Gemma 3 270M, quantize it (int4-block32), export .pte and ONNX, check "

@@ -29,7 +29,7 @@ from gemma_edge.model.gemma import (Gemma, attention_mask, full_cache_key_groups
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionEncoder
 
-from .manifest import write_manifest
+from .manifest import vision_metadata, write_manifest
 
 
 def _load_custom_ops() -> None:
@@ -259,10 +259,7 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
     pte = lower_to_pte(model, tokenizer.stop_ids, vision=vision)
     metadata = runner_metadata(model, tokenizer.stop_ids)
     if vision is not None:  # what a runner needs to preprocess images and build the prompt
-        c, s = vision.config, settings_for(source, vision.config.image_size)
-        metadata["vision"] = {"image_size": c.image_size, "image_mean": list(s.mean), "image_std": list(s.std),
-                              "tokens_per_image": c.mm_tokens_per_image, "image_token_id": c.image_token_id,
-                              "boi_token_id": c.boi_token_id, "eoi_token_id": c.eoi_token_id}
+        metadata["vision"] = vision_metadata(vision.config, settings_for(source, vision.config.image_size))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "model.pte").write_bytes(pte)
         (tmp / "tokenizer.model").write_bytes(tokenizer.serialized)

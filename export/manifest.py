@@ -56,3 +56,11 @@ def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, meta
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def vision_metadata(config, settings) -> dict[str, Any]:
+    """What a runner needs to preprocess images and build the prompt (`vision.VisionConfig`,
+    `image_processing.ImageSettings`)."""
+    return {"image_size": config.image_size, "image_mean": list(settings.mean), "image_std": list(settings.std),
+            "tokens_per_image": config.mm_tokens_per_image, "image_token_id": config.image_token_id,
+            "boi_token_id": config.boi_token_id, "eoi_token_id": config.eoi_token_id}

@@ -30,7 +30,7 @@ from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
 
-from .manifest import write_manifest
+from .manifest import vision_metadata, write_manifest
 
 OPSET = 23
 EXTERNAL_DATA = "model.onnx.data"
@@ -93,12 +93,17 @@ class GraphBuilder:
     def op(self, op_type: str, *inputs: ir.Value | None, domain: str = "", **attrs) -> ir.Value:
         return self.tape.op(op_type, list(inputs), attrs or None, domain=domain)
 
+    def model(self, inputs: list[ir.Value], outputs: list[ir.Value], name: str) -> ir.Model:
+        graph = ir.Graph(inputs, outputs, nodes=self.tape.nodes, initializers=self.tape.initializers,
+                         opset_imports={"": OPSET, "com.microsoft": 1}, name=name)
+        return ir.Model(graph, ir_version=11, producer_name="gemma-edge")
+
     # ---- layers ----------------------------------------------------------------------------------
-    def rms_norm(self, x: ir.Value, weight_name: str) -> ir.Value:
+    def rms_norm(self, x: ir.Value, weight_name: str, eps: float | None = None) -> ir.Value:
         """Gemma's RMSNorm; (1 + w) is computed here in float32, as the reference does."""
         scale = 1.0 + self.w.floats[weight_name].float()
         return self.op("RMSNormalization", x, self.init(weight_name + ".plus1", scale),
-                       axis=-1, epsilon=self.c.rms_norm_eps, stash_type=1)
+                       axis=-1, epsilon=self.c.rms_norm_eps if eps is None else eps, stash_type=1)
 
     def linear(self, x: ir.Value, name: str) -> ir.Value:
         """x @ W.T for the weight `name` ([out, in]), in whatever format the checkpoint holds it."""
@@ -203,40 +208,126 @@ class GraphBuilder:
         if q is not None and q.fmt.kind == "fp8_e4m3":
             table = self.fp8_table(q)
         elif q is not None:
-            table = self.op("DequantizeLinear", self._consts[EMBEDDING + ".qdata"], self.init(
+            table = self.op("DequantizeLinear", self.init(EMBEDDING + ".qdata", q.qdata), self.init(
                 EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
         else:
-            table = self._consts[EMBEDDING]
+            table = self.init(EMBEDDING, self.w.floats[EMBEDDING].float())
         flat = self.op("Reshape", x, self.const_i64(-1, self.c.hidden_size))
         logits = self.op("Gemm", flat, table, transB=1)
         return self.op("Reshape", logits, self.op("Concat", self.op("Shape", x, end=2),
                                                    self.const_i64(self.c.vocab_size), axis=0))
 
 
-def build_graph(w: Weights, max_seq_len: int) -> ir.Model:
-    c = w.config
-    b = GraphBuilder(w)
-    f32, i64 = ir.DataType.FLOAT, ir.DataType.INT64
-    ids = ir.Value(name="input_ids", type=ir.TensorType(i64), shape=ir.Shape(["batch_size", "sequence_length"]))
-    mask = ir.Value(name="attention_mask", type=ir.TensorType(i64),
-                    shape=ir.Shape(["batch_size", "total_sequence_length"]))
-    kv_shape = ["batch_size", c.num_kv_heads, "past_sequence_length", c.head_dim]
-    present_shape = ["batch_size", c.num_kv_heads, "total_sequence_length", c.head_dim]
-    inputs, outputs = [ids, mask], []
-
-    # GroupQueryAttention's bookkeeping, from the mask as onnxruntime-genai feeds it.
-    total = b.op("Cast", b.op("Gather", b.op("Shape", mask), b.init("i64_1", np.array(1, dtype=np.int64))),
-                 to=ir.DataType.INT32)
-    seqlens_k = b.op("Cast", b.op("Sub", b.op("ReduceSum", mask, b.const_i64(1), keepdims=0),
-                                  b.init("i64_one", np.array(1, dtype=np.int64))), to=ir.DataType.INT32)
-    positions = torch.arange(max_seq_len)
-    caches = {}
+def rope_caches(b: GraphBuilder, max_seq_len: int) -> dict[str, tuple[ir.Value, ir.Value]]:
+    """cos/sin [max_seq_len, head_dim / 2] per layer type, computed by the reference's own functions."""
+    c, positions, caches = b.c, torch.arange(max_seq_len), {}
     for kind, rope in (("local", c.rope_local), ("global", c.rope_global)):
         cos, sin = rope_cos_sin(rope_inv_freq(rope, c.head_dim), positions)
         caches[kind] = (b.init(f"cos_cache_{kind}", cos[:, : c.head_dim // 2]),
                         b.init(f"sin_cache_{kind}", sin[:, : c.head_dim // 2]))
+    return caches
 
-    x = b.op("Mul", b.embedding(ids), b.const_f32(float(np.float32(math.sqrt(c.hidden_size)))))
+
+class GqaAttention:
+    """Text decoders: com.microsoft.GroupQueryAttention with fused RoPE; always causal, `local_window_size`
+    on sliding layers, its sequence bookkeeping taken from the attention mask as onnxruntime-genai feeds it."""
+
+    def __init__(self, b: GraphBuilder, mask: ir.Value, max_seq_len: int):
+        self.b, self.caches = b, rope_caches(b, max_seq_len)
+        one = b.init("i64_1", np.array(1, dtype=np.int64))
+        self.total = b.op("Cast", b.op("Gather", b.op("Shape", mask), one), to=ir.DataType.INT32)
+        self.seqlens_k = b.op("Cast", b.op("Sub", b.op("ReduceSum", mask, b.const_i64(1), keepdims=0), one),
+                              to=ir.DataType.INT32)
+
+    def __call__(self, i: int, q, k, v, past_k, past_v):
+        b, c = self.b, self.b.c
+        sliding = c.is_sliding(i)
+        cos, sin = self.caches["local" if sliding else "global"]
+        return b.tape.op_multi_out(
+            "GroupQueryAttention", [q, k, v, past_k, past_v, self.seqlens_k, self.total, cos, sin],
+            dict(num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, scale=c.query_pre_attn_scalar ** -0.5,
+                 local_window_size=c.sliding_window if sliding else -1, do_rotary=1, rotary_interleaved=0),
+            num_outputs=3, domain="com.microsoft")
+
+
+class MaskedAttention:
+    """Decoders fed embeddings with an image flag channel (multimodal): RotaryEmbedding + the standard
+    Attention op (opset 23) with an explicit mask, because GroupQueryAttention cannot unmask later keys.
+
+    The mask is the reference's `attention_mask`: key not in the future, or in the same image as the query
+    (images numbered as `image_groups` does, from the flags of this call: an image arrives in one call),
+    and on sliding layers inside the window; padding from `attention_mask` is masked too."""
+
+    def __init__(self, b: GraphBuilder, flags: ir.Value, mask: ir.Value, past_k0: ir.Value, max_seq_len: int):
+        self.b, self.caches = b, rope_caches(b, max_seq_len)
+        i64 = ir.DataType.INT64
+        zero, one = b.init("i64_0", np.array(0, dtype=np.int64)), b.init("i64_1", np.array(1, dtype=np.int64))
+        past = b.op("Gather", b.op("Shape", past_k0), b.init("i64_2", np.array(2, dtype=np.int64)))
+        total = b.op("Gather", b.op("Shape", mask), one)
+        q_pos = b.op("Range", past, total, one)  # [T]
+        k_pos = b.op("Range", zero, total, one)  # [P + T]
+        batch_seq = b.op("Shape", flags)
+        self.position_ids = b.op("Expand", b.op("Unsqueeze", q_pos, b.const_i64(0)), batch_seq)
+        # image groups: a running count of image starts, -1 on text (and on every cached key)
+        image = b.op("Cast", flags, to=i64)
+        text_first = b.op("Mul", b.op("Slice", image, b.const_i64(0), b.const_i64(1), b.const_i64(1)), zero)
+        before = b.op("Concat", text_first, b.op("Slice", image, b.const_i64(0), b.const_i64(-1), b.const_i64(1)),
+                      axis=1)  # the flag of the previous position
+        starts = b.op("CumSum", b.op("Cast", b.op("Greater", image, before), to=i64), one)
+        minus1 = b.init("i64_m1", np.array(-1, dtype=np.int64))
+        groups = b.op("Where", flags, starts, minus1)  # [B, T]
+        past_groups = b.op("Expand", minus1, b.op("Concat", b.op("Slice", batch_seq, b.const_i64(0), b.const_i64(1)),
+                                                  b.op("Unsqueeze", past, b.const_i64(0)), axis=0))
+        key_groups = b.op("Concat", past_groups, groups, axis=1)  # [B, P + T]
+        q_group = b.op("Unsqueeze", groups, b.const_i64(2))
+        same_image = b.op("And", b.op("Equal", q_group, b.op("Unsqueeze", key_groups, b.const_i64(1))),
+                          b.op("Greater", q_group, zero))  # [B, T, P + T]
+        distance = b.op("Sub", b.op("Unsqueeze", q_pos, b.const_i64(1)), b.op("Unsqueeze", k_pos, b.const_i64(0)))
+        causal = b.op("GreaterOrEqual", distance, zero)  # [T, P + T]
+        filled = b.op("Unsqueeze", b.op("Cast", mask, to=ir.DataType.BOOL), b.const_i64(1))  # [B, 1, P + T]
+        allowed = b.op("And", b.op("Or", causal, same_image), filled)
+        window = b.init("i64_window", np.array(b.c.sliding_window, dtype=np.int64))
+        self.masks = {"global": b.op("Unsqueeze", allowed, b.const_i64(1)),
+                      "local": b.op("Unsqueeze", b.op("And", allowed, b.op("Less", distance, window)),
+                                    b.const_i64(1))}  # [B, 1, T, P + T]
+
+    def __call__(self, i: int, q, k, v, past_k, past_v):
+        b, c = self.b, self.b.c
+        kind = "local" if c.is_sliding(i) else "global"
+        cos, sin = self.caches[kind]
+        q = b.op("RotaryEmbedding", q, cos, sin, self.position_ids, num_heads=c.num_heads)
+        k = b.op("RotaryEmbedding", k, cos, sin, self.position_ids, num_heads=c.num_kv_heads)
+        return b.tape.op_multi_out(
+            "Attention", [q, k, v, self.masks[kind], past_k, past_v],
+            dict(q_num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, scale=c.query_pre_attn_scalar ** -0.5,
+                 is_causal=0), num_outputs=3)
+
+
+def build_graph(w: Weights, max_seq_len: int, embeds: bool = False) -> ir.Model:
+    """The decoder: `input_ids` in (text models, GroupQueryAttention), or with `embeds` the multimodal
+    decoder, `inputs_embeds` [B, S, hidden + 1] in (the last channel flags image soft tokens)."""
+    c = w.config
+    b = GraphBuilder(w)
+    f32, i64 = ir.DataType.FLOAT, ir.DataType.INT64
+    mask = ir.Value(name="attention_mask", type=ir.TensorType(i64),
+                    shape=ir.Shape(["batch_size", "total_sequence_length"]))
+    kv_shape = ["batch_size", c.num_kv_heads, "past_sequence_length", c.head_dim]
+    present_shape = ["batch_size", c.num_kv_heads, "total_sequence_length", c.head_dim]
+    past = [ir.Value(name=f"past_key_values.{i}.{kv}", type=ir.TensorType(f32), shape=ir.Shape(kv_shape))
+            for i in range(c.num_layers) for kv in ("key", "value")]
+    if embeds:
+        first = ir.Value(name="inputs_embeds", type=ir.TensorType(f32),
+                         shape=ir.Shape(["batch_size", "sequence_length", c.hidden_size + 1]))
+        x = b.op("Slice", first, b.const_i64(0), b.const_i64(c.hidden_size), b.const_i64(2))
+        flags = b.op("Greater", b.op("Squeeze", b.op("Slice", first, b.const_i64(c.hidden_size),
+                                                     b.const_i64(c.hidden_size + 1), b.const_i64(2)),
+                                     b.const_i64(2)), b.const_f32(0.5))
+        attend = MaskedAttention(b, flags, mask, past[0], max_seq_len)
+    else:
+        first = ir.Value(name="input_ids", type=ir.TensorType(i64), shape=ir.Shape(["batch_size", "sequence_length"]))
+        x = b.op("Mul", b.embedding(first), b.const_f32(float(np.float32(math.sqrt(c.hidden_size)))))
+        attend = GqaAttention(b, mask, max_seq_len)
+    outputs = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
         h = b.rms_norm(x, p + "input_layernorm.weight")
@@ -247,16 +338,7 @@ def build_graph(w: Weights, max_seq_len: int) -> ir.Model:
                                        p + "self_attn.q_norm.weight"), b.const_i64(0, 0, -1))
         k = b.op("Reshape", b.rms_norm(b.op("Reshape", k, b.const_i64(0, 0, -1, c.head_dim)),
                                        p + "self_attn.k_norm.weight"), b.const_i64(0, 0, -1))
-        past_k = ir.Value(name=f"past_key_values.{i}.key", type=ir.TensorType(f32), shape=ir.Shape(kv_shape))
-        past_v = ir.Value(name=f"past_key_values.{i}.value", type=ir.TensorType(f32), shape=ir.Shape(kv_shape))
-        inputs += [past_k, past_v]
-        sliding = c.is_sliding(i)
-        cos, sin = caches["local" if sliding else "global"]
-        attn, present_k, present_v = b.tape.op_multi_out(
-            "GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total, cos, sin],
-            dict(num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, scale=c.query_pre_attn_scalar ** -0.5,
-                 local_window_size=c.sliding_window if sliding else -1, do_rotary=1, rotary_interleaved=0),
-            num_outputs=3, domain="com.microsoft")
+        attn, present_k, present_v = attend(i, q, k, v, past[2 * i], past[2 * i + 1])
         present_k.name, present_v.name = f"present.{i}.key", f"present.{i}.value"
         present_k.shape = present_v.shape = ir.Shape(present_shape)
         present_k.type = present_v.type = ir.TensorType(f32)
@@ -274,35 +356,48 @@ def build_graph(w: Weights, max_seq_len: int) -> ir.Model:
     logits = b.op("Identity", logits)
     logits.name, logits.type = "logits", ir.TensorType(f32)
     logits.shape = ir.Shape(["batch_size", "sequence_length", c.vocab_size])
-    graph = ir.Graph(inputs, [logits] + outputs, nodes=b.tape.nodes, initializers=b.tape.initializers,
-                     opset_imports={"": OPSET, "com.microsoft": 1}, name="gemma3_decoder")
-    return ir.Model(graph, ir_version=11, producer_name="gemma-edge")
+    return b.model([first, mask, *past], [logits, *outputs], "gemma3_decoder")
 
 
-def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int) -> dict:
-    """The decoder description onnxruntime-genai reads (greedy search by default)."""
-    return {
-        "model": {
-            "bos_token_id": tokenizer.bos_id,
-            "context_length": max_seq_len,
-            "decoder": {
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
-                "filename": "model.onnx",
-                "head_size": c.head_dim,
-                "hidden_size": c.hidden_size,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},
-                "num_attention_heads": c.num_heads,
-                "num_hidden_layers": c.num_layers,
-                "num_key_value_heads": c.num_kv_heads,
-            },
-            "eos_token_id": list(tokenizer.stop_ids),
-            "pad_token_id": tokenizer.pad_id,
-            "type": "gemma3_text",
-            "vocab_size": c.vocab_size,
+def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=None) -> dict:
+    """The description onnxruntime-genai reads (greedy search by default). With `vision` (a VisionConfig),
+    its `gemma3` pipeline: vision.onnx -> embedding.onnx -> the decoder fed embeddings. genai sizes both
+    feature buffers by `decoder.hidden_size`, which is hidden + 1 there: the image flag channel."""
+    io = {"attention_mask": "attention_mask", "past_key_names": "past_key_values.%d.key",
+          "past_value_names": "past_key_values.%d.value"}
+    session = {"log_id": "onnxruntime-genai", "provider_options": []}
+    model = {
+        "bos_token_id": tokenizer.bos_id,
+        "context_length": max_seq_len,
+        "decoder": {
+            "session_options": session,
+            "filename": "model.onnx",
+            "head_size": c.head_dim,
+            "hidden_size": c.hidden_size,
+            "inputs": {"input_ids": "input_ids", **io},
+            "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                        "present_value_names": "present.%d.value"},
+            "num_attention_heads": c.num_heads,
+            "num_hidden_layers": c.num_layers,
+            "num_key_value_heads": c.num_kv_heads,
         },
+        "eos_token_id": list(tokenizer.stop_ids),
+        "pad_token_id": tokenizer.pad_id,
+        "type": "gemma3_text",
+        "vocab_size": c.vocab_size,
+    }
+    if vision is not None:
+        model["type"], model["image_token_id"] = "gemma3", vision.image_token_id
+        model["decoder"]["hidden_size"] = c.hidden_size + 1
+        model["decoder"]["inputs"] = {"inputs_embeds": "inputs_embeds", **io}
+        model["vision"] = {"filename": "vision.onnx", "config_filename": "processor_config.json",
+                           "session_options": session, "inputs": {"pixel_values": "pixel_values"},
+                           "outputs": {"image_features": "image_features"}}
+        model["embedding"] = {"filename": "embedding.onnx", "session_options": session,
+                              "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
+                              "outputs": {"inputs_embeds": "inputs_embeds"}}
+    return {
+        "model": model,
         "search": {"do_sample": False, "early_stopping": True, "max_length": max_seq_len, "min_length": 0,
                    "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": False,
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
@@ -310,9 +405,35 @@ def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int) -> dict
     }
 
 
-def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False) -> Path:
-    """`gemma-edge export onnx`: model.onnx + model.onnx.data + genai_config.json + tokenizer + manifest."""
+def processor_config(settings) -> dict:
+    """onnxruntime-extensions' image preprocessing for genai's `og.Images` path (its resize is not Pillow's:
+    pixels differ slightly from `image_processing.preprocess`; Pan & Scan is not done there)."""
+    ops = [("decode_image", "DecodeImage", {"color_space": "RGB"}),
+           ("resize", "Resize", {"interpolation": "LINEAR", "width": settings.size, "height": settings.size,
+                                 "keep_aspect_ratio": 0}),
+           ("re-scale", "Rescale", {}),
+           ("normalize", "Normalize", {"mean": list(settings.mean), "std": list(settings.std)}),
+           ("to_channel_first", "Permute3D", {"dims": [2, 0, 1]})]
+    return {"processor": {"name": "gemma_3_image_processing", "transforms": [
+        {"operation": {"name": n, "type": t, **({"attrs": a} if a else {})}} for n, t, a in ops]}}
+
+
+def _write_json(path: Path, d: dict) -> None:
+    path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False,
+                text_only: bool = False) -> Path:
+    """`gemma-edge export onnx`: model.onnx + model.onnx.data + genai_config.json + tokenizer + manifest.
+    A multimodal HF folder also gives vision.onnx and embedding.onnx (genai's `gemma3` layout, the decoder
+    fed embeddings) unless `text_only`."""
     import onnx
+
+    from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
+    from gemma_edge.model.image_processing import settings_for
+    from gemma_edge.model.loader import has_vision, load_vision
+
+    from .onnx_vision import build_embedding_graph, build_vision_graph
 
     source = Path(source)
     if Path(out).exists() and not overwrite:
@@ -326,17 +447,26 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     if max_seq_len > w.config.max_position_embeddings:
         raise GemmaEdgeError(f"--max-seq-len {max_seq_len} exceeds the model's context of "
                              f"{w.config.max_position_embeddings}")
-    model = build_graph(w, max_seq_len)
+    vision = None if text_only or is_quantized_checkpoint(source) or not has_vision(source) else load_vision(source)
+    models = {"model.onnx": build_graph(w, max_seq_len, embeds=vision is not None)}
+    metadata = {"max_seq_len": max_seq_len, "external_data": EXTERNAL_DATA,
+                "eos_ids": list(w.tokenizer.stop_ids), "bos_id": w.tokenizer.bos_id}
+    if vision is not None:
+        models["vision.onnx"] = build_vision_graph(w, vision)
+        models["embedding.onnx"] = build_embedding_graph(w, vision.config.image_token_id)
+        settings = settings_for(source, vision.config.image_size)
+        metadata["vision"] = vision_metadata(vision.config, settings)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        ir.save(model, tmp / "model.onnx", external_data=EXTERNAL_DATA)
-        onnx.checker.check_model(str(tmp / "model.onnx"), full_check=False)
-        (tmp / "genai_config.json").write_text(
-            json.dumps(genai_config(w.config, w.tokenizer, max_seq_len), indent=2, sort_keys=True) + "\n")
+        for name, model in models.items():
+            ir.save(model, tmp / name, external_data=name + ".data")
+            onnx.checker.check_model(str(tmp / name), full_check=False)
+        _write_json(tmp / "genai_config.json",
+                    genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None))
+        if vision is not None:
+            _write_json(tmp / "processor_config.json", processor_config(settings))
         (tmp / "tokenizer.model").write_bytes(w.tokenizer.serialized)
-        (tmp / "tokenizer_config.json").write_text(json.dumps(
-            {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-             "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}, indent=2, sort_keys=True) + "\n")
-        write_manifest(tmp, source, artifact="model.onnx", runtime="onnxruntime",
-                       metadata={"max_seq_len": max_seq_len, "external_data": EXTERNAL_DATA,
-                                 "eos_ids": list(w.tokenizer.stop_ids), "bos_id": w.tokenizer.bos_id})
+        _write_json(tmp / "tokenizer_config.json",
+                    {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
+                     "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False})
+        write_manifest(tmp, source, artifact="model.onnx", runtime="onnxruntime", metadata=metadata)
     return Path(out)

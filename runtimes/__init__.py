@@ -24,16 +24,20 @@ def artifact_files(folder: str | Path) -> list[Path]:
 
 def open_runner(folder: str | Path, threads: int | None = None):
     """A prefill/decode runner for an exported folder: ExecuTorch for model.pte, ONNX Runtime for model.onnx,
-    llama.cpp for a .gguf file (when llama-cpp-python is installed)."""
+    llama.cpp for a .gguf file (when llama-cpp-python is installed). A multimodal export (its manifest
+    describes the vision input) gets the multimodal runner, whose `images` attribute takes pixels."""
     files = artifact_files(folder)
     if files[0].suffix == ".gguf":
         from .llamacpp_runner import LlamaCppRunner
 
         return LlamaCppRunner(files[0], threads=threads)
+    from .executorch_runner import vision_metadata
+
+    multimodal = vision_metadata(folder) is not None
     if files[0].suffix == ".pte":
-        from .executorch_runner import ExecuTorchRunner
+        from .executorch_runner import ExecuTorchMultimodalRunner, ExecuTorchRunner
 
-        return ExecuTorchRunner(files[0])
-    from .onnx_runner import OnnxRunner
+        return ExecuTorchMultimodalRunner(folder) if multimodal else ExecuTorchRunner(files[0])
+    from .onnx_runner import OnnxMultimodalRunner, OnnxRunner
 
-    return OnnxRunner(folder, threads=threads)
+    return OnnxMultimodalRunner(folder, threads=threads) if multimodal else OnnxRunner(folder, threads=threads)

@@ -1,5 +1,5 @@
 """Runners for a `.pte`: token level through `executorch.runtime`, text level through ExecuTorch's stock
-`TextLLMRunner` (the C++ runner Android's `LlmModule` wraps)."""
+`TextLLMRunner` (the C++ runner Android's `LlmModule` wraps); multimodal `.pte` files through both too."""
 
 from __future__ import annotations
 
@@ -99,18 +99,35 @@ class StockTextRunner:
         return "".join(pieces), json.loads(stats[0].to_json_string()) if stats else {}
 
 
-class ExecuTorchMultimodalRunner:
-    """A multimodal `.pte` (`vision_encoder`, `token_embedding`, `text_decoder`) through `executorch.runtime`,
-    fed one segment per call as ExecuTorch's MultimodalRunner feeds it."""
+def vision_metadata(folder: str | Path) -> dict | None:
+    """manifest.json's `metadata.vision` of an exported folder (None for a text-only artifact)."""
+    import json
 
-    def __init__(self, pte: str | Path):
-        program = load_program(pte)
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text()).get("metadata", {}).get("vision")
+
+
+class ExecuTorchMultimodalRunner:
+    """`Runner` over a multimodal `.pte` (`vision_encoder`, `token_embedding`, `text_decoder`) through
+    `executorch.runtime`, fed one segment per call as ExecuTorch's MultimodalRunner feeds it: a run of text,
+    or one image. `images` (preprocessed pixels [N, 3, S, S]) fill the prompt's images in order."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        program = load_program(folder / "model.pte")
         missing = {"vision_encoder", "token_embedding", "text_decoder"} - set(program.method_names)
-        if missing:
-            raise GemmaEdgeError(f"{pte}: no {', '.join(sorted(missing))} method; export a multimodal checkpoint "
-                                 "without --text-only")
+        meta = vision_metadata(folder)
+        if missing or meta is None:
+            raise GemmaEdgeError(f"{folder}: not a multimodal .pte folder (no {', '.join(sorted(missing)) or 'vision'} "
+                                 "in it); export a multimodal checkpoint without --text-only")
         self.vision, self.embed, self.decoder = (program.load_method(n) for n in
                                                  ("vision_encoder", "token_embedding", "text_decoder"))
+        self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+        self.vocab_size = int(program.load_method("get_vocab_size").execute([])[0])
+        self.image_token_id, self.tokens_per_image = meta["image_token_id"], meta["tokens_per_image"]
+        self.images: torch.Tensor | None = None
         self.pos = 0
 
     def reset(self) -> None:
@@ -121,18 +138,33 @@ class ExecuTorchMultimodalRunner:
         return self.vision.execute([pixels.contiguous()])[0]
 
     def _decode(self, embeds: torch.Tensor) -> torch.Tensor:
+        if self.pos + embeds.shape[1] > self.max_seq_len:
+            raise GemmaEdgeError(f"{self.pos + embeds.shape[1]} tokens exceed the .pte's max_seq_len {self.max_seq_len}")
         out = self.decoder.execute([embeds, torch.tensor([self.pos], dtype=torch.long)])[0]
         self.pos += embeds.shape[1]
         return out.reshape(-1, out.shape[-1])[-1].float()
 
-    def prefill(self, segments: Sequence, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """`image_processing.prompt_segments` -> the last logits of each segment's call."""
-        return [self._decode(self.encode_image(pixels[s:s + 1]) if isinstance(s, int)
-                             else self.embed.execute([torch.tensor([list(s)], dtype=torch.long)])[0])
+    def _text(self, tokens: Sequence[int]) -> torch.Tensor:
+        check_token_ids(tokens, self.vocab_size)
+        return self.embed.execute([torch.tensor([list(tokens)], dtype=torch.long)])[0]
+
+    def segment_logits(self, tokens: Sequence[int]) -> list[torch.Tensor]:
+        """The last logits of each call the MultimodalRunner would make for this prompt."""
+        from gemma_edge.model.image_processing import prompt_segments
+
+        segments = prompt_segments(tokens, self.image_token_id, self.tokens_per_image)
+        count = sum(isinstance(s, int) for s in segments)
+        if count != (0 if self.images is None else len(self.images)):
+            raise GemmaEdgeError(f"the prompt has {count} images but {0 if self.images is None else len(self.images)} "
+                                 "were given; set runner.images to the preprocessed pixels of each")
+        return [self._decode(self.encode_image(self.images[s:s + 1]) if isinstance(s, int) else self._text(s))
                 for s in segments]
 
+    def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
+        return self.segment_logits(tokens)[-1]
+
     def decode(self, token: int) -> torch.Tensor:
-        return self._decode(self.embed.execute([torch.tensor([[token]], dtype=torch.long)])[0])
+        return self._decode(self._text([token]))
 
 
 def stock_multimodal_generate(folder: str | Path, segments: Sequence, pixels: torch.Tensor,

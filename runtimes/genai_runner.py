@@ -20,11 +20,23 @@ class GenAIRunner:
         except Exception as e:  # genai raises its own error types
             raise GemmaEdgeError(f"{folder}: onnxruntime-genai could not load the folder ({e})") from None
 
-    def generate(self, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, pixels=None, image_tokens: int = 0) -> list[int]:
+        """Greedy tokens after `prompt`. With `pixels` ([N, 3, S, S], preprocessed; the prompt already expanded
+        with `image_tokens` soft tokens in all) the inputs go in as genai's multimodal processor would hand
+        them over, so Pan & Scan crops and any tokens-per-image work."""
+        import numpy as np
+
         params = self.og.GeneratorParams(self.model)
         params.set_search_options(do_sample=False, max_length=len(prompt) + max_new_tokens)
         generator = self.og.Generator(self.model, params)
-        generator.append_tokens(list(prompt))
+        if pixels is None:
+            generator.append_tokens(list(prompt))
+        else:
+            inputs = self.og.NamedTensors()
+            inputs["input_ids"] = np.asarray([list(prompt)], dtype=np.int32)
+            inputs["pixel_values"] = np.ascontiguousarray(pixels.numpy(), dtype=np.float32)
+            inputs["num_image_tokens"] = np.asarray(image_tokens, dtype=np.int64)
+            generator.set_inputs(inputs)
         out: list[int] = []
         while not generator.is_done() and len(out) < max_new_tokens:
             generator.generate_next_token()

@@ -1,4 +1,5 @@
-"""ONNX Runtime behind the `Runner` protocol: one InferenceSession, the KV cache carried between calls."""
+"""ONNX Runtime behind the `Runner` protocol: one InferenceSession, the KV cache carried between calls; and
+the multimodal folder's three sessions (vision, embedding, decoder)."""
 
 from __future__ import annotations
 
@@ -37,17 +38,81 @@ class OnnxRunner:
                      for n in self.past_names}
         self.pos = 0
 
-    def _run(self, tokens: Sequence[int]) -> torch.Tensor:
-        check_token_ids(tokens, self.vocab_size)
-        ids = np.asarray([list(tokens)], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones((1, self.pos + ids.shape[1]), np.int64), **self.past}
+    def run_inputs(self, first: dict[str, np.ndarray], length: int) -> torch.Tensor:
+        """One decoder call on `length` new positions (`input_ids` or `inputs_embeds` in `first`), caches
+        carried; logits [length, vocab]."""
+        feed = {**first, "attention_mask": np.ones((1, self.pos + length), np.int64), **self.past}
         logits, *presents = self.session.run(None, feed)
         self.past = dict(zip(self.carry, presents))
-        self.pos += ids.shape[1]
-        return torch.from_numpy(logits[0, -1].copy())
+        self.pos += length
+        return torch.from_numpy(logits[0].copy())
+
+    def _run(self, tokens: Sequence[int]) -> torch.Tensor:
+        check_token_ids(tokens, self.vocab_size)
+        return self.run_inputs({"input_ids": np.asarray([list(tokens)], dtype=np.int64)}, len(tokens))[-1]
 
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
         return self._run(tokens)
 
     def decode(self, token: int) -> torch.Tensor:
         return self._run([token])
+
+
+class OnnxMultimodalRunner:
+    """`Runner` over a multimodal ONNX folder (vision.onnx, embedding.onnx, model.onnx fed embeddings),
+    called as onnxruntime-genai's `gemma3` pipeline calls it: the whole prompt, images included, in one
+    decoder call, then one token per call. `images` (preprocessed pixels [N, 3, S, S]) fill the image soft
+    tokens of a session's first prefill, in order."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        from .executorch_runner import vision_metadata
+
+        folder = Path(folder)
+        meta = vision_metadata(folder)
+        missing = [n for n in ("vision.onnx", "embedding.onnx", "model.onnx") if not (folder / n).exists()]
+        if missing or meta is None:
+            raise GemmaEdgeError(f"{folder}: not a multimodal ONNX folder (no {', '.join(missing) or 'vision'} in its "
+                                 "manifest); export a multimodal checkpoint with gemma-edge export onnx")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.vision, self.embedding = (ort.InferenceSession(str(folder / n), options,
+                                                            providers=["CPUExecutionProvider"])
+                                       for n in ("vision.onnx", "embedding.onnx"))
+        self.decoder = OnnxRunner(folder, threads)
+        self.width = int(self.embedding.get_outputs()[0].shape[-1])  # hidden + 1 (image flag channel)
+        self.image_token_id, self.tokens_per_image = meta["image_token_id"], meta["tokens_per_image"]
+        self.images: torch.Tensor | None = None
+
+    @property
+    def pos(self) -> int:
+        return self.decoder.pos
+
+    def reset(self) -> None:
+        self.decoder.reset()
+
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """pixels [N, 3, S, S] -> [N * tokens per image, hidden + 1] (the last channel flags image tokens)."""
+        return self.vision.run(None, {"pixel_values": pixels.numpy().astype(np.float32)})[0]
+
+    def prompt_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        """One call on the next positions; logits [T, vocab]. The session's first call takes the images."""
+        check_token_ids(tokens, self.decoder.vocab_size)
+        soft = sum(t == self.image_token_id for t in tokens)
+        images = self.images if self.pos == 0 and self.images is not None else None
+        given = 0 if images is None else len(images) * self.tokens_per_image
+        if soft != given:
+            raise GemmaEdgeError(f"the prompt has {soft} image soft tokens but the images give {given}; set "
+                                 "runner.images to the preprocessed pixels and expand the prompt with image_processing")
+        features = np.zeros((0, self.width), np.float32) if images is None else self.encode_images(images)
+        embeds = self.embedding.run(None, {"input_ids": np.asarray([list(tokens)], dtype=np.int64),
+                                           "image_features": features})[0]
+        return self.decoder.run_inputs({"inputs_embeds": embeds}, embeds.shape[1])
+
+    def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
+        return self.prompt_logits(tokens)[-1]
+
+    def decode(self, token: int) -> torch.Tensor:
+        return self.prompt_logits([token])[-1]

@@ -37,11 +37,13 @@ def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int
     return load(source, max_seq_len=max_seq_len, progress=False)
 
 
-def reference_logits(model: Gemma, tokens: Sequence[int], prefill: int) -> torch.Tensor:
+def reference_logits(model: Gemma, tokens: Sequence[int], prefill: int,
+                     image_features: torch.Tensor | None = None) -> torch.Tensor:
     """Logits at positions prefill-1 .. len-1: the ones a runner returns after prefill and each decode."""
     model.reset_caches()
     with torch.no_grad():
-        return model(torch.tensor([list(tokens)]), torch.arange(len(tokens)))[0, prefill - 1:]
+        return model(torch.tensor([list(tokens)]), torch.arange(len(tokens)),
+                     image_features=image_features)[0, prefill - 1:]
 
 
 def runner_logits(runner, tokens: Sequence[int], prefill: int) -> torch.Tensor:
@@ -76,14 +78,15 @@ def nudged(model: Gemma, relative: float = NUDGE) -> Iterator[Gemma]:
         model.embed_scale = original
 
 
-def noise_floor(model: Gemma, tokens: Sequence[int], prefill: int, base: torch.Tensor | None = None) -> float:
+def noise_floor(model: Gemma, tokens: Sequence[int], prefill: int, base: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> float:
     """Top-1 agreement of the reference with itself nudged by ±2^-22 and 2^-21 (mean of the three): the
     best any runtime can expect to reach. `base`: the un-nudged `reference_logits`, when already computed."""
-    base = reference_logits(model, tokens, prefill) if base is None else base
+    base = reference_logits(model, tokens, prefill, image_features) if base is None else base
     agreements = []
     for relative in (NUDGE, -NUDGE, 2 * NUDGE):
         with nudged(model, relative):
-            agreements.append(top1_agreement(base, reference_logits(model, tokens, prefill)))
+            agreements.append(top1_agreement(base, reference_logits(model, tokens, prefill, image_features)))
     return sum(agreements) / len(agreements)
 
 
@@ -179,6 +182,48 @@ def default_prompts(tokenizer, window: int) -> list[tuple[str, list[int]]]:
     return out
 
 
+DEFAULT_IMAGE_TEXT = "Describe <start_of_image> in one sentence."
+
+
+def test_card(width: int = 640, height: int = 360) -> "Image.Image":
+    """A deterministic 16:9 picture (colour bars over a grey ramp, a dark disc) for the default image prompt."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    bars = np.array([[235, 235, 235], [235, 235, 16], [16, 235, 235], [16, 235, 16], [235, 16, 235], [235, 16, 16],
+                     [16, 16, 235]], dtype=np.float64)[x * 7 // width]
+    ramp = (x / (width - 1) * 255)[..., None].repeat(3, -1)
+    picture = np.where((y < height * 2 // 3)[..., None], bars, ramp)
+    disc = (x - width * 0.7) ** 2 + (y - height * 0.4) ** 2 < (height * 0.18) ** 2
+    picture[disc] = (40, 30, 20)
+    return Image.fromarray(picture.astype(np.uint8))
+
+
+def image_prompt_for(folder: str | Path, text: str, images: Sequence, pan_and_scan: bool = False,
+                     name: str = "image prompt") -> tuple[str, list[int], torch.Tensor]:
+    """(name, token ids, pixels) of an image+text prompt, preprocessed as the artifact's manifest records
+    (size, mean, std, tokens per image, token ids): `<start_of_image>` in `text` marks each image."""
+    from types import SimpleNamespace
+
+    from gemma_edge.model import Tokenizer
+    from gemma_edge.model.image_processing import ImageSettings, image_prompt
+
+    from .executorch_runner import vision_metadata
+
+    folder = Path(folder)
+    meta = vision_metadata(folder)
+    if meta is None:
+        raise GemmaEdgeError(f"{folder}: a text-only artifact takes no images; export a multimodal (4B+) "
+                             "checkpoint without --text-only")
+    settings = ImageSettings(size=meta["image_size"], mean=tuple(meta["image_mean"]), std=tuple(meta["image_std"]),
+                             pan_and_scan=pan_and_scan)
+    ids = SimpleNamespace(boi_token_id=meta["boi_token_id"], eoi_token_id=meta["eoi_token_id"],
+                          image_token_id=meta["image_token_id"], mm_tokens_per_image=meta["tokens_per_image"])
+    tokens, pixels = image_prompt(text, images, settings, Tokenizer.from_file(folder / "tokenizer.model"), ids)
+    return name, tokens, pixels
+
+
 def prompts_from_file(path: str | Path, tokenizer) -> list[tuple[str, list[int]]]:
     """A JSON list of prompt strings."""
     path = Path(path)
@@ -192,29 +237,43 @@ def prompts_from_file(path: str | Path, tokenizer) -> list[tuple[str, list[int]]
 
 
 def _runtime_loop(folder: Path, tokenizer):
-    """The runtime's own generation loop: prompt ids -> the text of its greedy continuation."""
-    if (folder / "model.pte").exists():
-        from .executorch_runner import StockTextRunner, join_byte_pieces
+    """The runtime's own generation loop: (prompt ids, pixels or None) -> the text of its greedy continuation.
+    Multimodal artifacts go through ExecuTorch's MultimodalRunner or genai's `gemma3` pipeline."""
+    from .executorch_runner import vision_metadata
 
-        stock = StockTextRunner(folder)
-        return lambda ids: join_byte_pieces(stock.generate(tokenizer.decode(ids[1:]), GREEDY_TOKENS)[0])
+    meta = vision_metadata(folder)
+    if (folder / "model.pte").exists():
+        from .executorch_runner import StockTextRunner, join_byte_pieces, stock_multimodal_generate
+
+        if meta is None:
+            stock = StockTextRunner(folder)
+            return lambda ids, pixels: join_byte_pieces(stock.generate(tokenizer.decode(ids[1:]), GREEDY_TOKENS)[0])
+        from gemma_edge.model.image_processing import prompt_segments
+
+        return lambda ids, pixels: stock_multimodal_generate(
+            folder, prompt_segments(ids, meta["image_token_id"], meta["tokens_per_image"]), pixels, GREEDY_TOKENS)
     from .genai_runner import GenAIRunner
 
     genai = GenAIRunner(folder)
-    return lambda ids: tokenizer.decode(genai.generate(ids, GREEDY_TOKENS))
+    soft = (lambda ids: sum(t == meta["image_token_id"] for t in ids)) if meta else (lambda ids: 0)
+    return lambda ids, pixels: tokenizer.decode(genai.generate(ids, GREEDY_TOKENS, pixels, soft(ids)))
 
 
 def load_thresholds(path: str | Path | None = None) -> dict:
     return json.loads(Path(path or THRESHOLDS).read_text())
 
 
-def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: list[tuple[str, list[int]]] | None = None,
-               source: str | Path | None = None, thresholds: dict | None = None, runner=None) -> ParityReport:
+def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: list[tuple] | None = None,
+               source: str | Path | None = None, thresholds: dict | None = None, runner=None,
+               image_prompts: list[tuple] | None = None) -> ParityReport:
     """Compare an exported folder with its reference (`against="quantized"`: the model it was exported
     from, built as the artifact computes) or with the float model (`against="float"`).
 
-    `source` overrides the reference path (default: recorded in manifest.json, and for "float", in the
-    quantized checkpoint's source.json). `runner` overrides the artifact's runner (tests plant faults)."""
+    `prompts`: (name, token ids) pairs (default: three short prompts and a passage longer than the window);
+    `image_prompts`: (name, token ids, pixels) from `image_prompt_for` (default for a multimodal artifact:
+    one prompt on `test_card()`). `source` overrides the reference path (default: recorded in manifest.json, and for
+    "float", in the quantized checkpoint's source.json). `runner` overrides the artifact's runner (tests
+    plant faults)."""
     from . import open_runner
 
     folder = Path(artifact_dir)
@@ -245,30 +304,65 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
         limits = table["quantization_loss"][gate]
         reference = load(source, progress=False)
     model, tokenizer = reference.model, reference.tokenizer
-    prompts = prompts or default_prompts(tokenizer, reference.config.sliding_window)
     runner = runner or open_runner(folder, threads=torch.get_num_threads())
+    multimodal = hasattr(runner, "images")
+    prompts = list(prompts or default_prompts(tokenizer, reference.config.sliding_window))
+    if image_prompts is None and multimodal:
+        image_prompts = [image_prompt_for(folder, DEFAULT_IMAGE_TEXT, [test_card()], name="image prompt (test card)")]
+    prompts += image_prompts or []
     loop = _runtime_loop(folder, tokenizer) if against == "quantized" else None
     section = "fidelity" if against == "quantized" else "quantization_loss"
     report = ParityReport(str(folder), against, str(source), f"{section}.{gate}", limits)
-    for name, ids in prompts:
-        prefill = max(1, len(ids) // 2)
-        ref = reference_logits(model, ids, prefill)
+    encoder = None
+    for name, ids, *images in prompts:
+        pixels, features, prefill = (images or [None])[0], None, max(1, len(ids) // 2)
+        if pixels is not None:
+            if not multimodal:
+                raise GemmaEdgeError(f"{name}: {folder} is a text-only artifact; image prompts need a multimodal export")
+            if encoder is None:
+                encoder = _vision_encoder(source)
+            with torch.no_grad():
+                features = encoder(pixels)
+            last_image = max(i for i, t in enumerate(ids) if t == encoder.config.image_token_id)
+            prefill = max(prefill, last_image + 1)  # an image arrives whole, in the prefill
+        if multimodal:
+            runner.images = pixels
+        ref = reference_logits(model, ids, prefill, features)
         got = runner_logits(runner, ids, prefill)
         metrics = logit_metrics(ref, got, ids[prefill:])
         result = PromptResult(name, len(ids), prefill, metrics, greedy_tokens=0,
                               gated=against == "quantized" or len(ids) - prefill + 1 >= MIN_LOSS_POSITIONS)
         if metrics["finite"]:
-            expected = generate(ReferenceRunner(model), ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
+            expected = generate(ReferenceRunner(model, features), ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
             ours = generate(runner, ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
             # equal continuations (both may stop early at <eos>) count as the full budget
             result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
             if loop is not None:
-                result.runtime_loop_agrees = loop(ids) == tokenizer.decode(ours)
+                result.runtime_loop_agrees = _same_text(loop(ids, pixels), ours, tokenizer)
             if gate == "int8_dynamic":
-                result.noise_floor = noise_floor(model, ids, prefill, base=ref)
+                result.noise_floor = noise_floor(model, ids, prefill, base=ref, image_features=features)
         report.prompts.append(result)
         report.failures += _check(result, limits)
     return report
+
+
+def _same_text(printed: str, ours: list[int], tokenizer) -> bool:
+    """Does a runtime's own loop print our greedy tokens? Runners differ on whether the stop token's text
+    is printed; and ExecuTorch's MultimodalRunner prints the token its prefill chooses without checking it
+    against the stop ids (it checks the later ones), so after a first-token stop it goes on printing."""
+    shown = tokenizer.decode(ours)
+    if printed in (shown, tokenizer.decode([t for t in ours if t not in tokenizer.stop_ids])):
+        return True
+    return len(ours) == 1 and ours[0] in tokenizer.stop_ids and printed.startswith(shown)
+
+
+def _vision_encoder(source: Path):
+    from gemma_edge.model.loader import has_vision, load_vision
+
+    if not has_vision(source):
+        raise GemmaEdgeError(f"{source}: the reference has no vision tower, so image prompts cannot be checked; "
+                             "pass --source with the multimodal HF folder the artifact came from")
+    return load_vision(source)
 
 
 def _check(p: PromptResult, limits: dict) -> list[str]:

@@ -14,6 +14,7 @@ from gemma_edge.model import ReferenceRunner, generate, load
 from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_ids, prompt_segments
 from gemma_edge.model.loader import load_vision
 from gemma_edge.runtimes.executorch_runner import ExecuTorchMultimodalRunner, stock_multimodal_generate
+from gemma_edge.runtimes.parity import image_prompt_for, run_parity
 from tiny_multimodal import TOKENS_PER_IMAGE, photo, write_tiny_multimodal
 
 MAX_SEQ_LEN = 256
@@ -44,7 +45,7 @@ def test_manifest_and_methods(exported):
     assert meta["vision"] == {"image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
                               "tokens_per_image": TOKENS_PER_IMAGE, "image_token_id": ids["<image_soft_token>"],
                               "boi_token_id": ids["<start_of_image>"], "eoi_token_id": ids["<end_of_image>"]}
-    runner = ExecuTorchMultimodalRunner(pte / "model.pte")
+    runner = ExecuTorchMultimodalRunner(pte)
     pixels, _ = preprocess([photo(32, 32, 1)], ImageSettings(size=32))
     got = runner.encode_image(pixels)
     with torch.no_grad():
@@ -64,8 +65,9 @@ def test_every_call_of_an_image_prompt_equals_the_reference(exported):
     ends = []
     for s in segments:
         ends.append((ends[-1] if ends else 0) + (TOKENS_PER_IMAGE if isinstance(s, int) else len(s)))
-    runner = ExecuTorchMultimodalRunner(pte / "model.pte")
-    got = torch.stack(runner.prefill(segments, pixels))
+    runner = ExecuTorchMultimodalRunner(pte)
+    runner.images = pixels
+    got = torch.stack(runner.segment_logits(tokens))
     torch.testing.assert_close(got, ref[[e - 1 for e in ends]], atol=1e-4, rtol=1e-4)
     # A decoder with causal attention over the images (what a stock export does) would not pass.
     loaded.model.reset_caches()
@@ -102,3 +104,15 @@ def test_text_only_export_leaves_the_vision_tower_out(exported, tmp_path, monkey
     out = export_pte(folder, tmp_path / "text", max_seq_len=MAX_SEQ_LEN, text_only=True)
     assert lowered == {"methods": ["forward"], "vision": None}
     assert "vision" not in json.loads((out / "manifest.json").read_text())["metadata"]
+
+
+def test_parity_harness_passes_the_multimodal_pte(exported):
+    """`gemma-edge parity` on the multimodal .pte: the built-in text prompts (token_embedding + text_decoder)
+    and a Pan & Scan image prompt, each against the reference and through the stock MultimodalRunner."""
+    folder, pte, _ = exported
+    prompt = image_prompt_for(pte, "compare <start_of_image> and <start_of_image>", [photo(30, 34, 5), photo(20, 60, 6)],
+                              pan_and_scan=True)
+    report = run_parity(pte, image_prompts=[prompt])
+    assert report.passed, report.failures
+    assert [p.runtime_loop_agrees for p in report.prompts] == [True] * 5
+    assert report.prompts[-1].metrics["max_abs_logit"] < 1e-4

@@ -26,11 +26,16 @@ from gemma_edge.model.gemma import Gemma
 from gemma_edge.model.hf_checkpoint import check_and_load
 from gemma_edge.model.loader import LoadedModel
 from gemma_edge.model.tokenizer import Tokenizer
+from gemma_edge.model.vision import VisionConfig, VisionEncoder
 
 from .formats import QTensor, QuantFormat, pack_int4, unpack_int4
-from .recipe import LM_HEAD, QuantRecipe
+from .recipe import LM_HEAD, VISION_PREFIXES, QuantRecipe
 
 FORMAT_TAG = "gemma-edge-quantized-v1"
+
+
+def is_vision(name: str) -> bool:
+    return name.startswith(VISION_PREFIXES)
 
 
 def is_quantized_checkpoint(path: Path) -> bool:
@@ -47,14 +52,16 @@ class QuantizedCheckpoint:
     report: list[dict] = field(default_factory=list)
     source: str | None = None  # the float checkpoint it came from (source.json): `parity --against float`
     provenance: dict | None = None  # how the integers were made beyond PTQ (QAT settings, import) -> provenance.json
+    multimodal_config: dict | None = None  # a 4B+ source's config.json: its vision tower is in the tensors
 
     @property
     def separate_lm_head(self) -> bool:
         return LM_HEAD in self.quantized or LM_HEAD in self.floats
 
-    def dequantized_state(self) -> dict[str, torch.Tensor]:
-        state = dict(self.floats)
-        state.update({k: q.dequantize() for k, q in self.quantized.items()})
+    def dequantized_state(self, vision: bool = False) -> dict[str, torch.Tensor]:
+        """The decoder's tensors (or with `vision`, the vision tower's and projector's) as float."""
+        state = {k: v for k, v in self.floats.items() if is_vision(k) == vision}
+        state.update({k: q.dequantize() for k, q in self.quantized.items() if is_vision(k) == vision})
         return state
 
     # ---- the quantized reference -----------------------------------------------------------------
@@ -72,6 +79,20 @@ class QuantizedCheckpoint:
         if (activations or self.recipe.activations) == "int8_dynamic":
             _quantize_activations(model)
         return model.eval()
+
+    def build_vision(self, dtype: torch.dtype = torch.float32, activations: str | None = None) -> VisionEncoder:
+        """The quantized vision reference: the SigLIP tower and projector with dequantized weights (and
+        int8 per-token inputs to its quantized linears for `activations="int8_dynamic"`, as XNNPACK runs it)."""
+        config = VisionConfig.from_hf_dict(self.multimodal_config or {})
+        if config is None:
+            raise GemmaEdgeError("this quantized checkpoint carries no vision tower; quantize the multimodal "
+                                 "(4B+) HF folder to get one")
+        encoder = VisionEncoder(config).to(dtype)
+        check_and_load(encoder, {k: v.to(dtype) for k, v in self.dequantized_state(vision=True).items()},
+                       Path("quantized checkpoint"))
+        if (activations or self.recipe.activations) == "int8_dynamic":
+            _quantize_activations(encoder, only=set(self.quantized))
+        return encoder.eval()
 
     # ---- storage ---------------------------------------------------------------------------------
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
@@ -99,6 +120,9 @@ class QuantizedCheckpoint:
                 (tmp / "source.json").write_text(json.dumps({"path": self.source}) + "\n")
             if self.provenance is not None:
                 (tmp / "provenance.json").write_text(json.dumps(self.provenance, indent=2, sort_keys=True) + "\n")
+            if self.multimodal_config is not None:
+                (tmp / "multimodal_config.json").write_text(
+                    json.dumps(self.multimodal_config, indent=2, sort_keys=True) + "\n")
             if self.tokenizer_model is not None:
                 (tmp / "tokenizer.model").write_bytes(self.tokenizer_model)
         return Path(out)
@@ -139,8 +163,10 @@ class QuantizedCheckpoint:
         source = json.loads(source_file.read_text())["path"] if source_file.exists() else None
         prov_file = path / "provenance.json"
         provenance = json.loads(prov_file.read_text()) if prov_file.exists() else None
+        mm_file = path / "multimodal_config.json"
+        multimodal = json.loads(mm_file.read_text()) if mm_file.exists() else None
         return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report, source,
-                   provenance)
+                   provenance, multimodal)
 
 
 def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
@@ -172,18 +198,20 @@ class DynamicInt8Linear(nn.Linear):
     """A linear whose input is quantized to int8 per token before the (dequantized) weight is applied."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(fake_quantize_per_token_int8(x.float()).to(x.dtype), self.weight)
+        return F.linear(fake_quantize_per_token_int8(x.float()).to(x.dtype), self.weight, self.bias)
 
 
-def _quantize_activations(model: Gemma) -> None:
-    for parent in list(model.modules()):
+def _quantize_activations(model: nn.Module, only: set[str] | None = None) -> None:
+    """Every linear (or those whose weight is named in `only`) takes int8 per-token inputs."""
+    for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                new = DynamicInt8Linear(child.in_features, child.out_features, bias=False,
+            name = f"{parent_name}.{child_name}.weight".lstrip(".")
+            if type(child) is nn.Linear and (only is None or name in only):
+                new = DynamicInt8Linear(child.in_features, child.out_features, bias=child.bias is not None,
                                         dtype=child.weight.dtype)
-                new.weight = child.weight
+                new.weight, new.bias = child.weight, child.bias
                 setattr(parent, child_name, new)
-    if model.lm_head is None:  # a tied head shares the embedding table; give it the same treatment
+    if isinstance(model, Gemma) and model.lm_head is None:  # a tied head shares the embedding table
         head = DynamicInt8Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
         head.weight = model.embed_tokens.weight
         model.lm_head = head

@@ -1,5 +1,5 @@
 """What a recipe costs: perplexity, KL to the float model and top-1 agreement on held-out text; the
-per-tensor weight error table and its plot."""
+per-tensor weight error table and its plot; for a multimodal checkpoint, the vision tower's own loss."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from gemma_edge.model.gemma import Gemma
@@ -64,6 +65,24 @@ def evaluate(model: Gemma, tokens: Sequence[int], seq_len: int = 512, reference:
     if reference is None:
         return EvalResult(count, math.exp(nll / count))
     return EvalResult(count, math.exp(nll / count), kl / count, agree / count, math.exp(ref_nll / count))
+
+
+@torch.no_grad()
+def vision_loss(decoder: Gemma, float_encoder: nn.Module, quantized_encoder: nn.Module, prompt: Sequence[int],
+                pixels: torch.Tensor) -> dict:
+    """What quantizing the vision tower alone costs, on an image prompt: the soft tokens' relative error and
+    worst cosine, and the float `decoder`'s next-token distribution from the first image token on, fed the
+    quantized soft tokens against the float ones (KL(float||quantized vision), top-1 agreement)."""
+    f, q = float_encoder(pixels), quantized_encoder(pixels)
+    start = list(prompt).index(decoder.config.image_token_id)
+    ref, got = (F.log_softmax(decoder(torch.tensor([list(prompt)]), torch.arange(len(prompt)),
+                                      image_features=x)[0, start:].double(), -1) for x in (f, q))
+    decoder.reset_caches()
+    return {"images": len(pixels), "soft_tokens": f.shape[0] * f.shape[1], "positions": ref.shape[0],
+            "soft_token_relative_error": ((q - f).norm() / f.norm()).item(),
+            "soft_token_cosine_min": F.cosine_similarity(q, f, dim=-1).min().item(),
+            "kl_to_float": (ref.exp() * (ref - got)).sum(-1).mean().item(),
+            "top1_agreement": (ref.argmax(-1) == got.argmax(-1)).double().mean().item()}
 
 
 def weight_errors(float_weights: dict[str, torch.Tensor], dequantized: dict[str, torch.Tensor]) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -38,31 +40,62 @@ Quantizer = Callable[[torch.Tensor, QuantRecipe, str, "CalibrationStats | None"]
 def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationStats | None = None,
                    progress: bool = True, quantizer: Quantizer = quantize_weight) -> QuantizedCheckpoint:
     """Quantize every weight the recipe names; keep the rest (norms) float. Deterministic.
-    `quantizer` turns one weight into a QTensor (the grid import recovers scales instead of searching)."""
+    `quantizer` turns one weight into a QTensor (the grid import recovers scales instead of searching).
+    A multimodal source (Gemma 3 4B+) has its vision tower quantized by the same recipe (plain PTQ, whatever
+    `quantizer` does for the decoder) and carried along."""
     weights = float_weights(loaded)
-    names = sorted(weights)
+    vision = _vision_weights(loaded.source)
+    names = sorted(weights) + sorted(vision or {})
     recipe.check_overrides(names)
-    for name, w in weights.items():
+    for name, w in {**weights, **(vision or {})}.items():
         check_finite(w, name)
     tied = loaded.config.tie_word_embeddings
     emb_fmt, head_fmt = recipe.format_for(EMBEDDING), recipe.format_for(LM_HEAD)
-    share_head = tied and emb_fmt == head_fmt  # one table serves lookup and output
+    if tied and emb_fmt == head_fmt:  # one table serves lookup and output
+        del weights[LM_HEAD]
+    quantized, floats, report = _quantize_all(weights, recipe, stats, quantizer, progress)
+    multimodal = None
+    if vision is not None:
+        q, f, r = _quantize_all(vision, recipe, None, quantize_weight, progress, desc="vision tower", fallback=True)
+        quantized.update(q)
+        floats.update(f)
+        report += r
+        multimodal = json.loads((Path(loaded.source) / "config.json").read_text())
+    return QuantizedCheckpoint(loaded.config, recipe, quantized, floats,
+                               loaded.tokenizer.serialized if loaded.tokenizer else None, report,
+                               str(Path(loaded.source).resolve()) if loaded.source else None,
+                               multimodal_config=multimodal)
+
+
+def _quantize_all(weights: dict[str, torch.Tensor], recipe: QuantRecipe, stats: CalibrationStats | None,
+                  quantizer: Quantizer, progress: bool, desc: str = "quantize", fallback: bool = False):
+    """(quantized, floats, report rows) of `weights` under `recipe`. With `fallback`, a block format whose
+    block does not divide a weight's input width (SigLIP's 4304-wide MLP) takes that kind per channel."""
     quantized: dict[str, QTensor] = {}
     floats: dict[str, torch.Tensor] = {}
     report = []
-    for name in tqdm(names, desc=f"quantize ({recipe.name})", unit="tensor", disable=not progress):
-        if name == LM_HEAD and share_head:
-            continue
+    for name in tqdm(sorted(weights), desc=f"{desc} ({recipe.name})", unit="tensor", disable=not progress):
         w, fmt = weights[name], recipe.format_for(name)
-        if fmt is None:
+        if fmt is None or w.ndim != 2:
             floats[name] = w
             report.append({"name": name, "format": "float32", "shape": list(w.shape), "bytes": w.numel() * 4})
             continue
-        q = quantizer(w, recipe, name, stats)
+        if fallback and fmt.block and w.shape[1] % fmt.block:
+            fmt = dataclasses.replace(fmt, block=None)
+            q = quantize(w, fmt, name=name) if recipe.clip == "minmax" else mse_clip_quantize(w, fmt, name=name)
+        else:
+            q = quantizer(w, recipe, name, stats)
         quantized[name] = q
         err = (q.dequantize() - w).norm() / w.norm().clamp(min=1e-12)
         report.append({"name": name, "format": fmt.name, "shape": list(w.shape), "bytes": q.storage_bytes(),
                        "clip": recipe.clip, "relative_error": round(err.item(), 6)})
-    return QuantizedCheckpoint(loaded.config, recipe, quantized, floats,
-                               loaded.tokenizer.serialized if loaded.tokenizer else None, report,
-                               str(Path(loaded.source).resolve()) if loaded.source else None)
+    return quantized, floats, report
+
+
+def _vision_weights(source) -> dict[str, torch.Tensor] | None:
+    """The vision tower and projector of a multimodal HF folder, under their checkpoint names."""
+    from gemma_edge.model.loader import has_vision, load_vision
+
+    if source is None or not has_vision(source):
+        return None
+    return {k: v.detach().float() for k, v in load_vision(source).state_dict().items()}

@@ -16,13 +16,14 @@ from .formats import QuantFormat
 FLOAT = "float"
 EMBEDDING = "embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
+VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")  # a multimodal checkpoint's image path
 ACTIVATIONS = ("none", "int8_dynamic")
 CLIPS = ("mse", "minmax")
 
 
 @dataclass(frozen=True)
 class QuantRecipe:
-    """`linear`: attention and MLP projections. `embedding`: the token table used for lookup.
+    """`linear`: attention and MLP projections (the vision tower's too). `embedding`: the token table used for lookup.
     `lm_head`: the output projection (Gemma ties it to the embedding; it may still get its own format).
     `overrides`: glob over weight names -> format or "float" (e.g. keep one sensitive layer at int8).
     `activations`: "int8_dynamic" quantizes each linear's input per token at run time (8da4w)."""
@@ -53,7 +54,7 @@ class QuantRecipe:
             fmt = self.embedding
         elif name == LM_HEAD:
             fmt = self.lm_head
-        elif name.endswith("_proj.weight"):
+        elif name.endswith(("_proj.weight", ".fc1.weight", ".fc2.weight")):  # (fc1/fc2: the vision tower's MLP)
             fmt = self.linear
         else:
             return None

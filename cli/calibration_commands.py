@@ -63,6 +63,33 @@ def cmd_quantize(args: argparse.Namespace) -> None:
           f"{'activation-weighted' if stats else 'weight'} error, {size / 2**20:.1f} MiB of weights)")
 
 
+def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
+    """The vision tower's own loss when both checkpoints have one (`evaluate.vision_loss`), printed."""
+    from gemma_edge.calibration.evaluate import vision_loss
+    from gemma_edge.model.image_processing import image_prompt, open_image, settings_for
+    from gemma_edge.model.loader import has_vision, load_vision
+    from gemma_edge.runtimes.parity import DEFAULT_IMAGE_TEXT, test_card
+
+    if not (has_vision(model.source) and has_vision(reference.source)):
+        if args.image:
+            raise GemmaEdgeError(f"--image: {model.source} and {reference.source} must both have a vision tower")
+        return None
+    float_encoder, quantized_encoder = load_vision(reference.source), load_vision(model.source)
+    images = [open_image(f) for f in args.image] if args.image else [test_card()]
+    text = DEFAULT_IMAGE_TEXT.replace("<start_of_image>", "<start_of_image>" * len(images))
+    ids, pixels = image_prompt(text, images, settings_for(reference.source, float_encoder.config.image_size),
+                               reference.tokenizer, float_encoder.config)
+    decoder = reference.model  # (its caches were sized for --seq-len; an image prompt may need more)
+    if len(ids) > decoder.max_seq_len:
+        decoder = _load_model(str(reference.source), len(ids)).model
+    loss = vision_loss(decoder, float_encoder, quantized_encoder, ids, pixels)
+    print(f"vision tower alone ({loss['images']} images, {loss['soft_tokens']} soft tokens): soft-token relative "
+          f"error {loss['soft_token_relative_error']:.4f} (min cosine {loss['soft_token_cosine_min']:.4f}); float "
+          f"decoder on the quantized soft tokens: KL {loss['kl_to_float']:.4f}, top-1 agreement "
+          f"{loss['top1_agreement']:.2%} over {loss['positions']} positions")
+    return {**loss, "images_from": [str(f) for f in args.image] or ["test card"]}
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from gemma_edge.calibration.data import held_out_text, read_texts
     from gemma_edge.calibration.evaluate import evaluate, plot_weight_errors, weight_errors
@@ -79,11 +106,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"top-1 agreement {result.top1_agreement:.2%}")
     else:
         print()
+    vision = _vision_loss(args, model, reference) if reference is not None else None
     if args.report:
         with atomic_dir(args.report, overwrite=True) as tmp:
             report = {"model": str(model.source), "against": str(reference.source) if reference else None,
                       "seq_len": args.seq_len, "text": [str(t) for t in args.text] or ["held-out: pydoc_data"],
-                      "result": result.to_dict()}
+                      "result": result.to_dict(), "vision": vision}
             if reference is not None:
                 report["float_perplexity"] = result.reference_perplexity
                 floats = dict(reference.model.state_dict())
@@ -197,12 +225,15 @@ def register(sub) -> None:
                     "Teacher-forced evaluation on held-out text: perplexity of MODEL; with --against FLOAT_MODEL "
                     "also KL(float||model), top-1 agreement, and a per-layer weight-error table and plot "
                     "(--report). Default text: the Python language reference shipped with CPython, never "
-                    "used for calibration.")
+                    "used for calibration. For a multimodal (4B+) checkpoint, also the vision tower's own loss: "
+                    "soft-token error and the float decoder's KL when fed the quantized tower's soft tokens.")
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--against", help="the float model to compare with")
     p.add_argument("--text", nargs="+", default=[], metavar="FILE", help="held-out text files")
     p.add_argument("--seq-len", type=int, default=512, help="evaluation window")
     p.add_argument("--report", help="folder for eval.json and weight_errors.png")
+    p.add_argument("--image", nargs="+", default=[], metavar="FILE",
+                   help="multimodal checkpoints: images for the vision tower's own loss (default: a test card)")
 
 
 def register_qat(sub) -> None:

@@ -24,9 +24,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         out = export_onnx(resolve_model_path(args.model), args.out, max_seq_len=args.max_seq_len,
                           overwrite=args.overwrite, text_only=args.text_only)
-        models = [p.name for p in (out / "vision.onnx", out / "embedding.onnx", out / "model.onnx") if p.exists()]
-        size = sum(p.stat().st_size for p in out.glob("*.onnx*")) / 2**20
-        print(f"wrote {out}/{' + '.join(models)} with their .data ({size:.1f} MiB), genai_config.json, "
+        files = [p for n in ("vision.onnx", "embedding.onnx", "model.onnx") for p in (out / n, out / f"{n}.data")
+                 if p.exists()]
+        size = sum(p.stat().st_size for p in files) / 2**20
+        print(f"wrote {out}: {' + '.join(p.name for p in files)} ({size:.1f} MiB), genai_config.json, "
               "tokenizer.model, manifest.json")
 
 

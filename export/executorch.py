@@ -255,7 +255,16 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
     if Path(out).exists() and not overwrite:
         raise GemmaEdgeError(f"{out}: output already exists; choose another --out or pass --overwrite")
     model, tokenizer = pte_model(source, max_seq_len)
-    vision = None if text_only or is_quantized_checkpoint(source) or not has_vision(source) else load_vision(source)
+    vision = None
+    if not text_only and has_vision(source):
+        if is_quantized_checkpoint(source):
+            from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
+
+            from .xnnpack_quant import quantized_pte_vision
+
+            vision = quantized_pte_vision(QuantizedCheckpoint.load(source))
+        else:
+            vision = load_vision(source)
     pte = lower_to_pte(model, tokenizer.stop_ids, vision=vision)
     metadata = runner_metadata(model, tokenizer.stop_ids)
     if vision is not None:  # what a runner needs to preprocess images and build the prompt

@@ -429,7 +429,6 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     fed embeddings) unless `text_only`."""
     import onnx
 
-    from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
     from gemma_edge.model.image_processing import settings_for
     from gemma_edge.model.loader import has_vision, load_vision
 
@@ -447,7 +446,7 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     if max_seq_len > w.config.max_position_embeddings:
         raise GemmaEdgeError(f"--max-seq-len {max_seq_len} exceeds the model's context of "
                              f"{w.config.max_position_embeddings}")
-    vision = None if text_only or is_quantized_checkpoint(source) or not has_vision(source) else load_vision(source)
+    vision = load_vision(source) if not text_only and has_vision(source) else None
     models = {"model.onnx": build_graph(w, max_seq_len, embeds=vision is not None)}
     metadata = {"max_seq_len": max_seq_len, "external_data": EXTERNAL_DATA,
                 "eos_ids": list(w.tokenizer.stop_ids), "bos_id": w.tokenizer.bos_id}

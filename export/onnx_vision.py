@@ -18,8 +18,12 @@ from .onnx import GraphBuilder, Weights
 
 
 def vision_weights(w: Weights, encoder: VisionEncoder) -> Weights:
-    """The vision tower and projector as float tensors under their module names, beside the text config."""
-    return Weights(w.config, {k: v.detach().float() for k, v in encoder.state_dict().items()})
+    """The vision tower and projector under their module names, beside the text config: the encoder's float
+    tensors, and a quantized checkpoint's integers where it has them (MatMulNBits / DequantizeLinear)."""
+    from gemma_edge.calibration.checkpoint import is_vision
+
+    return Weights(w.config, {k: v.detach().float() for k, v in encoder.state_dict().items()},
+                   {k: q for k, q in w.quantized.items() if is_vision(k)})
 
 
 def build_vision_graph(w: Weights, encoder: VisionEncoder) -> ir.Model:

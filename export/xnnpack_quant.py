@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
+from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_vision
 from gemma_edge.calibration.formats import QTensor
 from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
+from gemma_edge.model.vision import VisionEncoder
 
 
 def register_quant_ops() -> None:
@@ -38,10 +39,11 @@ def _check_supported(name: str, q: QTensor) -> None:
 
 
 class DynActIntLinear(nn.Module):
-    """int8 per-token activations x symmetric int4/int8 weights (per channel or per block)."""
+    """int8 per-token activations x symmetric int4/int8 weights (per channel or per block), float bias."""
 
-    def __init__(self, q: QTensor, name: str):
+    def __init__(self, q: QTensor, name: str, bias: torch.Tensor | None = None):
         super().__init__()
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         _check_supported(name, q)
         self.qmin, self.qmax = q.fmt.qrange
         self.group = q.fmt.block
@@ -61,7 +63,7 @@ class DynActIntLinear(nn.Module):
         else:
             w = ops.dequantize_per_channel(self.weight_int, self.scales, self.zeros, 0, self.qmin, self.qmax,
                                            torch.int8, out_dtype=torch.float32)
-        return F.linear(x, w)
+        return F.linear(x, w, self.bias)
 
 
 class QuantEmbedding(nn.Module):
@@ -96,6 +98,8 @@ def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
     register_quant_ops()
     model = ckpt.build_model(max_seq_len)  # norms and any float weights, dequantized elsewhere
     for name, q in sorted(ckpt.quantized.items()):
+        if is_vision(name):
+            continue
         if name == EMBEDDING:
             model.embed_tokens = QuantEmbedding(q)
         else:
@@ -103,3 +107,14 @@ def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
     if LM_HEAD not in ckpt.quantized and EMBEDDING in ckpt.quantized:  # tied: one table, same integers
         model.lm_head = DynActIntLinear(ckpt.quantized[EMBEDDING], LM_HEAD)
     return model.eval()
+
+
+def quantized_pte_vision(ckpt: QuantizedCheckpoint) -> VisionEncoder:
+    """The vision tower and projector with every quantized linear as its integer module (bias kept)."""
+    register_quant_ops()
+    encoder = ckpt.build_vision()
+    for name, q in sorted(ckpt.quantized.items()):
+        if is_vision(name):
+            dotted = name.removesuffix(".weight")
+            _set_module(encoder, dotted, DynActIntLinear(q, name, encoder.get_submodule(dotted).bias))
+    return encoder.eval()

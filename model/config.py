@@ -176,6 +176,7 @@ class GemmaConfig:
             "pad_token_id": self.pad_token_id,
             "attention_bias": False,
             "torch_dtype": "float32",
+            **({} if self.image_token_id is None else {"image_token_id": self.image_token_id}),
         }
 
     @classmethod

@@ -86,17 +86,24 @@ def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = 
 
 
 def has_vision(path: str | Path) -> bool:
-    """True for an HF folder whose config.json describes a vision tower (Gemma 3 4B+)."""
+    """True for an HF folder whose config.json describes a vision tower (Gemma 3 4B+), or a quantized
+    checkpoint made from one."""
     path = Path(path)
+    config = path / ("multimodal_config.json" if (path / "recipe.json").exists() else "config.json")
     try:
-        return path.is_dir() and "vision_config" in json.loads((path / "config.json").read_text())
+        return path.is_dir() and "vision_config" in json.loads(config.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return False
 
 
-def load_vision(path: str | Path, dtype: torch.dtype = torch.float32) -> VisionEncoder:
-    """The vision tower and projector of a multimodal (Gemma 3 4B+) HF checkpoint folder."""
+def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, activations: str | None = None) -> VisionEncoder:
+    """The vision tower and projector of a multimodal (Gemma 3 4B+) HF checkpoint folder, or the quantized
+    one of a QuantizedCheckpoint (`activations` as in its `build_vision`)."""
     path = Path(path)
+    if path.is_dir() and (path / "recipe.json").exists():
+        from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
+
+        return QuantizedCheckpoint.load(path).build_vision(dtype, activations)
     if _is_gguf(path):
         raise GemmaEdgeError(f"{path}: a GGUF file holds no vision tower here; pass the HF checkpoint folder")
     try:

@@ -320,7 +320,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
             if not multimodal:
                 raise GemmaEdgeError(f"{name}: {folder} is a text-only artifact; image prompts need a multimodal export")
             if encoder is None:
-                encoder = _vision_encoder(source)
+                encoder = _vision_encoder(source, activations if against == "quantized" else None)
             with torch.no_grad():
                 features = encoder(pixels)
             last_image = max(i for i, t in enumerate(ids) if t == encoder.config.image_token_id)
@@ -356,13 +356,14 @@ def _same_text(printed: str, ours: list[int], tokenizer) -> bool:
     return len(ours) == 1 and ours[0] in tokenizer.stop_ids and printed.startswith(shown)
 
 
-def _vision_encoder(source: Path):
+def _vision_encoder(source: Path, activations: str | None):
+    """The reference vision encoder (a quantized checkpoint's with the artifact's activation numerics)."""
     from gemma_edge.model.loader import has_vision, load_vision
 
     if not has_vision(source):
         raise GemmaEdgeError(f"{source}: the reference has no vision tower, so image prompts cannot be checked; "
-                             "pass --source with the multimodal HF folder the artifact came from")
-    return load_vision(source)
+                             "pass --source with the multimodal checkpoint the artifact came from")
+    return load_vision(source, activations=activations)
 
 
 def _check(p: PromptResult, limits: dict) -> list[str]:

@@ -15,13 +15,16 @@ import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from gemma_edge.model import Gemma, LoadedModel, ReferenceRunner, generate, load
 from gemma_edge.model.errors import GemmaEdgeError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 NUDGE = 2.0 ** -22
 

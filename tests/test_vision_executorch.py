@@ -10,33 +10,23 @@ import pytest
 import torch
 
 from gemma_edge.export.executorch import export_pte
-from gemma_edge.model import ReferenceRunner, generate, load
-from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_ids, prompt_segments
+from gemma_edge.model import ReferenceRunner, generate
+from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_segments
 from gemma_edge.model.loader import load_vision
 from gemma_edge.runtimes.executorch_runner import ExecuTorchMultimodalRunner, stock_multimodal_generate
 from gemma_edge.runtimes.parity import image_prompt_for, run_parity
-from tiny_multimodal import TOKENS_PER_IMAGE, photo, write_tiny_multimodal
+from tiny_multimodal import TOKENS_PER_IMAGE, exported_tiny, photo, two_image_prompt
 
 MAX_SEQ_LEN = 256
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mm-pte")
-    ids = write_tiny_multimodal(root / "ckpt")
-    export_pte(root / "ckpt", root / "pte", max_seq_len=MAX_SEQ_LEN)
-    return root / "ckpt", root / "pte", ids
+    return exported_tiny(tmp_path_factory, "mm-pte", export_pte, MAX_SEQ_LEN)
 
 
 def _prompt(folder):
-    """Two images, the second with three Pan & Scan crops: five runs of soft tokens."""
-    loaded = load(folder, max_seq_len=MAX_SEQ_LEN)
-    pixels, crops = preprocess([photo(30, 34, 5), photo(20, 60, 6)],
-                               ImageSettings(size=32, pan_and_scan=True, min_crop_size=8))
-    assert crops == [0, 3]
-    encoder = load_vision(folder)
-    tokens = prompt_ids("look <start_of_image> then <start_of_image> what?", crops, loaded.tokenizer, encoder.config)
-    return loaded, encoder, pixels, tokens
+    return two_image_prompt(folder, MAX_SEQ_LEN)
 
 
 def test_manifest_and_methods(exported):

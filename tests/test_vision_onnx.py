@@ -11,36 +11,26 @@ import pytest
 import torch
 
 from gemma_edge.export.onnx import export_onnx
-from gemma_edge.model import ReferenceRunner, generate, load
+from gemma_edge.model import ReferenceRunner, generate
 from gemma_edge.model.errors import GemmaEdgeError
-from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_ids
+from gemma_edge.model.image_processing import ImageSettings, preprocess
 from gemma_edge.model.loader import load_vision
 from gemma_edge.runtimes import open_runner
 from gemma_edge.runtimes.genai_runner import GenAIRunner
 from gemma_edge.runtimes.onnx_runner import OnnxMultimodalRunner
 from gemma_edge.runtimes.parity import image_prompt_for, run_parity
-from tiny_multimodal import TOKENS_PER_IMAGE, photo, write_tiny_multimodal
+from tiny_multimodal import TOKENS_PER_IMAGE, exported_tiny, photo, two_image_prompt
 
 MAX_SEQ_LEN = 256
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mm-onnx")
-    ids = write_tiny_multimodal(root / "ckpt")
-    export_onnx(root / "ckpt", root / "onnx", max_seq_len=MAX_SEQ_LEN)
-    return root / "ckpt", root / "onnx", ids
+    return exported_tiny(tmp_path_factory, "mm-onnx", export_onnx, MAX_SEQ_LEN)
 
 
 def _prompt(folder):
-    """Two images, the second with three Pan & Scan crops: five runs of soft tokens."""
-    loaded = load(folder, max_seq_len=MAX_SEQ_LEN)
-    pixels, crops = preprocess([photo(30, 34, 5), photo(20, 60, 6)],
-                               ImageSettings(size=32, pan_and_scan=True, min_crop_size=8))
-    assert crops == [0, 3]
-    encoder = load_vision(folder)
-    tokens = prompt_ids("look <start_of_image> then <start_of_image> what?", crops, loaded.tokenizer, encoder.config)
-    return loaded, encoder, pixels, tokens
+    return two_image_prompt(folder, MAX_SEQ_LEN)
 
 
 def test_layout_is_genai_gemma3(exported):

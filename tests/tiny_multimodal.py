@@ -46,3 +46,28 @@ def photo(height: int, width: int, seed: int) -> Image.Image:
     """Random RGB noise: every pixel matters to the vision tower."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def exported_tiny(tmp_path_factory, name: str, export, max_seq_len: int):
+    """A tiny multimodal checkpoint and its export by `export(source, out, max_seq_len=...)`:
+    (checkpoint folder, export folder, special token ids)."""
+    root = tmp_path_factory.mktemp(name)
+    ids = write_tiny_multimodal(root / "ckpt")
+    export(root / "ckpt", root / "out", max_seq_len=max_seq_len)
+    return root / "ckpt", root / "out", ids
+
+
+def two_image_prompt(folder, max_seq_len: int):
+    """Two images, the second with three Pan & Scan crops (five runs of soft tokens): the reference, its
+    encoder, the pixels and the prompt's token ids."""
+    from gemma_edge.model import load
+    from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_ids
+    from gemma_edge.model.loader import load_vision
+
+    loaded = load(folder, max_seq_len=max_seq_len)
+    pixels, crops = preprocess([photo(30, 34, 5), photo(20, 60, 6)],
+                               ImageSettings(size=32, pan_and_scan=True, min_crop_size=8))
+    assert crops == [0, 3]
+    encoder = load_vision(folder)
+    tokens = prompt_ids("look <start_of_image> then <start_of_image> what?", crops, loaded.tokenizer, encoder.config)
+    return loaded, encoder, pixels, tokens

@@ -68,14 +68,14 @@ def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
     from gemma_edge.calibration.evaluate import vision_loss
     from gemma_edge.model.image_processing import image_prompt, open_image, settings_for
     from gemma_edge.model.loader import has_vision, load_vision
-    from gemma_edge.runtimes.parity import DEFAULT_IMAGE_TEXT, test_card
+    from gemma_edge.runtimes.parity import DEFAULT_IMAGE_TEXT, colour_bar_card
 
     if not (has_vision(model.source) and has_vision(reference.source)):
         if args.image:
             raise GemmaEdgeError(f"--image: {model.source} and {reference.source} must both have a vision tower")
         return None
     float_encoder, quantized_encoder = load_vision(reference.source), load_vision(model.source)
-    images = [open_image(f) for f in args.image] if args.image else [test_card()]
+    images = [open_image(f) for f in args.image] if args.image else [colour_bar_card()]
     text = DEFAULT_IMAGE_TEXT.replace("<start_of_image>", "<start_of_image>" * len(images))
     ids, pixels = image_prompt(text, images, settings_for(reference.source, float_encoder.config.image_size),
                                reference.tokenizer, float_encoder.config)

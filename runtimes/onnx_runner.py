@@ -40,16 +40,16 @@ class OnnxRunner:
 
     def run_inputs(self, first: dict[str, np.ndarray], length: int) -> torch.Tensor:
         """One decoder call on `length` new positions (`input_ids` or `inputs_embeds` in `first`), caches
-        carried; logits [length, vocab]."""
+        carried; logits [length, vocab] (sharing ONNX Runtime's output: copy the rows you keep)."""
         feed = {**first, "attention_mask": np.ones((1, self.pos + length), np.int64), **self.past}
         logits, *presents = self.session.run(None, feed)
         self.past = dict(zip(self.carry, presents))
         self.pos += length
-        return torch.from_numpy(logits[0].copy())
+        return torch.from_numpy(logits[0])
 
     def _run(self, tokens: Sequence[int]) -> torch.Tensor:
         check_token_ids(tokens, self.vocab_size)
-        return self.run_inputs({"input_ids": np.asarray([list(tokens)], dtype=np.int64)}, len(tokens))[-1]
+        return self.run_inputs({"input_ids": np.asarray([list(tokens)], dtype=np.int64)}, len(tokens))[-1].clone()
 
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
         return self._run(tokens)
@@ -112,7 +112,7 @@ class OnnxMultimodalRunner:
         return self.decoder.run_inputs({"inputs_embeds": embeds}, embeds.shape[1])
 
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
-        return self.prompt_logits(tokens)[-1]
+        return self.prompt_logits(tokens)[-1].clone()
 
     def decode(self, token: int) -> torch.Tensor:
-        return self.prompt_logits([token])[-1]
+        return self.prompt_logits([token])[-1].clone()

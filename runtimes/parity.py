@@ -188,7 +188,7 @@ def default_prompts(tokenizer, window: int) -> list[tuple[str, list[int]]]:
 DEFAULT_IMAGE_TEXT = "Describe <start_of_image> in one sentence."
 
 
-def test_card(width: int = 640, height: int = 360) -> "Image.Image":
+def colour_bar_card(width: int = 640, height: int = 360) -> "Image.Image":
     """A deterministic 16:9 picture (colour bars over a grey ramp, a dark disc) for the default image prompt."""
     import numpy as np
     from PIL import Image
@@ -274,9 +274,9 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
 
     `prompts`: (name, token ids) pairs (default: three short prompts and a passage longer than the window);
     `image_prompts`: (name, token ids, pixels) from `image_prompt_for` (default for a multimodal artifact:
-    one prompt on `test_card()`). `source` overrides the reference path (default: recorded in manifest.json, and for
-    "float", in the quantized checkpoint's source.json). `runner` overrides the artifact's runner (tests
-    plant faults)."""
+    one prompt on `colour_bar_card()`). `source` overrides the reference path (default: recorded in
+    manifest.json, and for "float", in the quantized checkpoint's source.json). `runner` overrides the
+    artifact's runner (tests plant faults)."""
     from . import open_runner
 
     folder = Path(artifact_dir)
@@ -311,7 +311,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
     multimodal = hasattr(runner, "images")
     prompts = list(prompts or default_prompts(tokenizer, reference.config.sliding_window))
     if image_prompts is None and multimodal:
-        image_prompts = [image_prompt_for(folder, DEFAULT_IMAGE_TEXT, [test_card()], name="image prompt (test card)")]
+        image_prompts = [image_prompt_for(folder, DEFAULT_IMAGE_TEXT, [colour_bar_card()], name="image prompt (test card)")]
     prompts += image_prompts or []
     loop = _runtime_loop(folder, tokenizer) if against == "quantized" else None
     section = "fidelity" if against == "quantized" else "quantization_loss"

@@ -68,7 +68,7 @@ def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
     from gemma_edge.calibration.evaluate import vision_loss
     from gemma_edge.model.image_processing import image_prompt, open_image, settings_for
     from gemma_edge.model.loader import has_vision, load_vision
-    from gemma_edge.runtimes.parity import DEFAULT_IMAGE_TEXT, colour_bar_card
+    from gemma_edge.runtimes.parity import colour_bar_card, describe_images
 
     if not (has_vision(model.source) and has_vision(reference.source)):
         if args.image:
@@ -76,8 +76,7 @@ def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
         return None
     float_encoder, quantized_encoder = load_vision(reference.source), load_vision(model.source)
     images = [open_image(f) for f in args.image] if args.image else [colour_bar_card()]
-    text = DEFAULT_IMAGE_TEXT.replace("<start_of_image>", "<start_of_image>" * len(images))
-    ids, pixels = image_prompt(text, images, settings_for(reference.source, float_encoder.config.image_size),
+    ids, pixels = image_prompt(describe_images(len(images)), images, settings_for(reference.source, float_encoder.config.image_size),
                                reference.tokenizer, float_encoder.config)
     decoder = reference.model  # (its caches were sized for --seq-len; an image prompt may need more)
     if len(ids) > decoder.max_seq_len:

@@ -20,10 +20,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
         prompts = prompts_from_file(args.prompts, Tokenizer.from_file(Path(args.artifact) / "tokenizer.model"))
     image_prompts = None
     if args.image:
-        from gemma_edge.model.image_processing import BOI, open_image
-        from gemma_edge.runtimes.parity import DEFAULT_IMAGE_TEXT, image_prompt_for
+        from gemma_edge.model.image_processing import open_image
+        from gemma_edge.runtimes.parity import describe_images, image_prompt_for
 
-        text = args.image_prompt or DEFAULT_IMAGE_TEXT.replace(BOI, BOI * len(args.image))
+        text = args.image_prompt or describe_images(len(args.image))
         image_prompts = [image_prompt_for(args.artifact, text, [open_image(f) for f in args.image],
                                           pan_and_scan=args.pan_and_scan,
                                           name=f"image prompt ({', '.join(Path(f).name for f in args.image)})")]

@@ -22,6 +22,17 @@ def artifact_files(folder: str | Path) -> list[Path]:
                          "gemma-edge export")
 
 
+def artifact_vision(folder: str | Path) -> dict | None:
+    """manifest.json's `metadata.vision` of an exported folder: what a multimodal artifact needs to preprocess
+    images and build the prompt (None for a text-only artifact)."""
+    import json
+
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text()).get("metadata", {}).get("vision")
+
+
 def open_runner(folder: str | Path, threads: int | None = None):
     """A prefill/decode runner for an exported folder: ExecuTorch for model.pte, ONNX Runtime for model.onnx,
     llama.cpp for a .gguf file (when llama-cpp-python is installed). A multimodal export (its manifest
@@ -31,9 +42,7 @@ def open_runner(folder: str | Path, threads: int | None = None):
         from .llamacpp_runner import LlamaCppRunner
 
         return LlamaCppRunner(files[0], threads=threads)
-    from .executorch_runner import vision_metadata
-
-    multimodal = vision_metadata(folder) is not None
+    multimodal = artifact_vision(folder) is not None
     if files[0].suffix == ".pte":
         from .executorch_runner import ExecuTorchMultimodalRunner, ExecuTorchRunner
 

@@ -12,6 +12,8 @@ import torch
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.generate import check_token_ids
 
+from . import artifact_vision
+
 
 def load_executorch_kernels() -> None:
     """The fused LLM ops and the quantized kernels are registered by importing these modules."""
@@ -99,16 +101,6 @@ class StockTextRunner:
         return "".join(pieces), json.loads(stats[0].to_json_string()) if stats else {}
 
 
-def vision_metadata(folder: str | Path) -> dict | None:
-    """manifest.json's `metadata.vision` of an exported folder (None for a text-only artifact)."""
-    import json
-
-    manifest = Path(folder) / "manifest.json"
-    if not manifest.exists():
-        return None
-    return json.loads(manifest.read_text()).get("metadata", {}).get("vision")
-
-
 class ExecuTorchMultimodalRunner:
     """`Runner` over a multimodal `.pte` (`vision_encoder`, `token_embedding`, `text_decoder`) through
     `executorch.runtime`, fed one segment per call as ExecuTorch's MultimodalRunner feeds it: a run of text,
@@ -118,7 +110,7 @@ class ExecuTorchMultimodalRunner:
         folder = Path(folder)
         program = load_program(folder / "model.pte")
         missing = {"vision_encoder", "token_embedding", "text_decoder"} - set(program.method_names)
-        meta = vision_metadata(folder)
+        meta = artifact_vision(folder)
         if missing or meta is None:
             raise GemmaEdgeError(f"{folder}: not a multimodal .pte folder (no {', '.join(sorted(missing)) or 'vision'} "
                                  "in it); export a multimodal checkpoint without --text-only")

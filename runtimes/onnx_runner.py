@@ -12,6 +12,8 @@ import torch
 from gemma_edge.model import GemmaEdgeError
 from gemma_edge.model.generate import check_token_ids
 
+from . import artifact_vision
+
 
 class OnnxRunner:
     """prefill/decode over `model.onnx`; each call feeds the past caches and keeps the presents."""
@@ -67,10 +69,8 @@ class OnnxMultimodalRunner:
     def __init__(self, folder: str | Path, threads: int | None = None):
         import onnxruntime as ort
 
-        from .executorch_runner import vision_metadata
-
         folder = Path(folder)
-        meta = vision_metadata(folder)
+        meta = artifact_vision(folder)
         missing = [n for n in ("vision.onnx", "embedding.onnx", "model.onnx") if not (folder / n).exists()]
         if missing or meta is None:
             raise GemmaEdgeError(f"{folder}: not a multimodal ONNX folder (no {', '.join(missing) or 'vision'} in its "

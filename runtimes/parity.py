@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from gemma_edge.model import Gemma, LoadedModel, ReferenceRunner, generate, load
 from gemma_edge.model.errors import GemmaEdgeError
 
+from . import artifact_vision
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -185,7 +187,9 @@ def default_prompts(tokenizer, window: int) -> list[tuple[str, list[int]]]:
     return out
 
 
-DEFAULT_IMAGE_TEXT = "Describe <start_of_image> in one sentence."
+def describe_images(count: int) -> str:
+    """The default image prompt's text, with `count` images."""
+    return "Describe " + "<start_of_image>" * count + " in one sentence."
 
 
 def colour_bar_card(width: int = 640, height: int = 360) -> "Image.Image":
@@ -212,10 +216,8 @@ def image_prompt_for(folder: str | Path, text: str, images: Sequence, pan_and_sc
     from gemma_edge.model import Tokenizer
     from gemma_edge.model.image_processing import ImageSettings, image_prompt
 
-    from .executorch_runner import vision_metadata
-
     folder = Path(folder)
-    meta = vision_metadata(folder)
+    meta = artifact_vision(folder)
     if meta is None:
         raise GemmaEdgeError(f"{folder}: a text-only artifact takes no images; export a multimodal (4B+) "
                              "checkpoint without --text-only")
@@ -242,9 +244,7 @@ def prompts_from_file(path: str | Path, tokenizer) -> list[tuple[str, list[int]]
 def _runtime_loop(folder: Path, tokenizer):
     """The runtime's own generation loop: (prompt ids, pixels or None) -> the text of its greedy continuation.
     Multimodal artifacts go through ExecuTorch's MultimodalRunner or genai's `gemma3` pipeline."""
-    from .executorch_runner import vision_metadata
-
-    meta = vision_metadata(folder)
+    meta = artifact_vision(folder)
     if (folder / "model.pte").exists():
         from .executorch_runner import StockTextRunner, join_byte_pieces, stock_multimodal_generate
 
@@ -277,7 +277,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
     one prompt on `colour_bar_card()`). `source` overrides the reference path (default: recorded in
     manifest.json, and for "float", in the quantized checkpoint's source.json). `runner` overrides the
     artifact's runner (tests plant faults)."""
-    from . import open_runner
+    from . import open_runner  # looked up at call time: tests replace it
 
     folder = Path(artifact_dir)
     manifest = _manifest(folder)
@@ -311,7 +311,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
     multimodal = hasattr(runner, "images")
     prompts = list(prompts or default_prompts(tokenizer, reference.config.sliding_window))
     if image_prompts is None and multimodal:
-        image_prompts = [image_prompt_for(folder, DEFAULT_IMAGE_TEXT, [colour_bar_card()], name="image prompt (test card)")]
+        image_prompts = [image_prompt_for(folder, describe_images(1), [colour_bar_card()], name="image prompt (test card)")]
     prompts += image_prompts or []
     loop = _runtime_loop(folder, tokenizer) if against == "quantized" else None
     section = "fidelity" if against == "quantized" else "quantization_loss"

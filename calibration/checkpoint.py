@@ -111,7 +111,7 @@ class QuantizedCheckpoint:
         # One metadata key: safetensors writes its metadata map in no fixed order, and artifacts must be
         # byte-identical run to run.
         meta = {"gemma_edge": json.dumps({"format": FORMAT_TAG, "quantized": formats}, sort_keys=True)}
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, overwrite=overwrite, inputs=[self.source]) as tmp:
             save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
             (tmp / "config.json").write_text(json.dumps(self.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
             self.recipe.save(tmp / "recipe.json")
@@ -167,6 +167,12 @@ class QuantizedCheckpoint:
         multimodal = json.loads(mm_file.read_text()) if mm_file.exists() else None
         return cls(config, recipe, quantized, floats, tok.read_bytes() if tok.exists() else None, report, source,
                    provenance, multimodal)
+
+
+def record_source(folder: Path, source: Path) -> None:
+    """Point source.json at `source` (the same float model, found elsewhere: a checkpoint restored from the
+    build cache)."""
+    (Path(folder) / "source.json").write_text(json.dumps({"path": str(Path(source).resolve())}) + "\n")
 
 
 def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,

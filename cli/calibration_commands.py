@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from .common import MODEL_HELP, add_command
+from .common import MODEL_HELP, add_cache_option, add_command
 
 
 def _calibration_sequences(args: argparse.Namespace, loaded):
@@ -41,26 +41,18 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_quantize(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from gemma_edge.calibration.observers import CalibrationStats, collect_stats
-    from gemma_edge.calibration.ptq import quantize_model
     from gemma_edge.calibration.recipe import QuantRecipe
+    from gemma_edge.pipeline.build import Calibration, quantize
 
     recipe = QuantRecipe.load(args.recipe)
     if args.clip:
         recipe = dataclasses.replace(recipe, clip=args.clip)
-    if Path(args.out).exists() and not args.overwrite:
-        raise GemmaEdgeError(f"{args.out}: output already exists; choose another --out or pass --overwrite")
-    loaded = _load_model(args.model, args.seq_len)
-    stats = None
-    if args.stats:
-        stats = CalibrationStats.load(args.stats)
-    elif args.calib:
-        stats = collect_stats(loaded.model, _calibration_sequences(args, loaded))
-    ckpt = quantize_model(loaded, recipe, stats)
-    out = ckpt.save(args.out, overwrite=args.overwrite)
-    size = sum(r["bytes"] for r in ckpt.report)
+    calibration = Calibration(Path(args.stats) if args.stats else None, tuple(map(Path, args.calib)), args.samples,
+                              args.seq_len)
+    out = quantize(args.model, args.out, recipe, calibration, cache=not args.no_cache, overwrite=args.overwrite)
+    size = sum(r["bytes"] for r in json.loads((out / "quant_report.json").read_text()))
     print(f"wrote {out} ({recipe.name}, clip {recipe.clip}, "
-          f"{'activation-weighted' if stats else 'weight'} error, {size / 2**20:.1f} MiB of weights)")
+          f"{'activation-weighted' if calibration.inputs else 'weight'} error, {size / 2**20:.1f} MiB of weights)")
 
 
 def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
@@ -217,7 +209,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--clip", choices=["mse", "minmax"], help="override the recipe's clipping method")
     p.add_argument("--stats", help="calibration folder from `gemma-edge calibrate` (activation-weighted search)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_cache_option(p)
     _calib_options(p)
 
     p = add_command(sub, "eval", cmd_eval, "perplexity, KL and top-1 agreement against the float model",

@@ -23,3 +23,9 @@ def add_command(sub, name: str, func: Callable, help: str, description: str) -> 
                        formatter_class=_DefaultsFormatter)
     p.set_defaults(func=func)
     return p
+
+
+def add_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action="store_true",
+                   help="build anew without reading or filling the build cache ($GEMMA_EDGE_CACHE, "
+                        "see `gemma-edge cache info`)")

@@ -5,30 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import MODEL_HELP, add_command
+from .common import MODEL_HELP, add_cache_option, add_command
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from gemma_edge.model.bundled import resolve_model_path
+    from gemma_edge.export.manifest import read_manifest
+    from gemma_edge.pipeline.build import export
 
-    if args.format == "pte":
-        from gemma_edge.export.executorch import export_pte
-
-        out = export_pte(resolve_model_path(args.model), args.out, max_seq_len=args.max_seq_len,
-                         overwrite=args.overwrite, text_only=args.text_only)
-        manifest = json.loads((out / "manifest.json").read_text())
-        print(f"wrote {out}/model.pte ({manifest['size_bytes'] / 2**20:.1f} MiB, sha256 {manifest['sha256'][:16]}…), "
-              "tokenizer.model, manifest.json")
-    else:
-        from gemma_edge.export.onnx import export_onnx
-
-        out = export_onnx(resolve_model_path(args.model), args.out, max_seq_len=args.max_seq_len,
-                          overwrite=args.overwrite, text_only=args.text_only)
-        files = [p for n in ("vision.onnx", "embedding.onnx", "model.onnx") for p in (out / n, out / f"{n}.data")
-                 if p.exists()]
-        size = sum(p.stat().st_size for p in files) / 2**20
-        print(f"wrote {out}: {' + '.join(p.name for p in files)} ({size:.1f} MiB), genai_config.json, "
-              "tokenizer.model, manifest.json")
+    out = export(args.model, args.out, args.format, max_seq_len=args.max_seq_len, text_only=args.text_only,
+                 cache=not args.no_cache, overwrite=args.overwrite)
+    manifest = read_manifest(out)
+    files = [name for name in manifest["files"] if name.endswith((".pte", ".onnx", ".data"))]
+    size = sum(manifest["files"][n]["bytes"] for n in files) / 2**20
+    print(f"wrote {out}: {' + '.join(files)} ({size:.1f} MiB, {manifest['artifact']} sha256 "
+          f"{manifest['sha256'][:16]}…), {', '.join(n for n in manifest['files'] if n not in files)}, manifest.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -62,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--max-seq-len", type=int, default=2048, help="KV-cache length (longest prompt + answer)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_cache_option(p)
     p.add_argument("--text-only", action="store_true",
                    help="leave out the vision tower of a multimodal (4B+) checkpoint. With it, the .pte has "
                         "ExecuTorch MultimodalRunner's vision_encoder, token_embedding and text_decoder methods, "

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from . import calibration_commands, export_commands, model_commands, parity_commands
+from . import calibration_commands, export_commands, model_commands, parity_commands, pipeline_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibration_commands.register_qat(sub)
     export_commands.register(sub)
     parity_commands.register(sub)
+    pipeline_commands.register(sub)
     return parser
 
 

@@ -6,16 +6,7 @@ import argparse
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from .common import MODEL_HELP, add_command
-
-
-def _dtype(name: str):
-    import torch
-
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise argparse.ArgumentTypeError(f"dtype must be one of {', '.join(table)}")
-    return table[name]
+from .common import MODEL_HELP, add_cache_option, add_command
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -35,10 +26,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from gemma_edge.model import convert
-    from gemma_edge.model.bundled import resolve_model_path
+    from gemma_edge.pipeline.build import convert
 
-    out = convert(resolve_model_path(args.model), args.out, dtype=args.dtype, overwrite=args.overwrite)
+    out = convert(args.model, args.out, dtype=args.dtype, cache=not args.no_cache, overwrite=args.overwrite)
     print(f"wrote {out} (config.json, model.safetensors, tokenizer.model)")
 
 
@@ -110,8 +100,10 @@ def register(sub) -> None:
              "into norm weights is removed. The folder appears only when complete.")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--dtype", type=_dtype, default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="weight dtype of the written folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_cache_option(p)
 
     p = add_command(sub, "run", cmd_run, "generate text with the PyTorch reference",
              "Generate from a prompt with the float reference model, streaming text to stdout. Greedy unless "

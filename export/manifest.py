@@ -1,32 +1,19 @@
-"""manifest.json beside every artifact: where it came from, what it is, and what it needs to run.
+"""manifest.json beside every artifact: where it came from, what it is, every file's sha256, and what it
+needs to run. `read_manifest` is its one reader and `verify_artifact` checks the files against it.
 
 No timestamps: two exports of the same input are byte-identical, manifest included."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from gemma_edge.model.digest import content_digest, sha256_file
+from gemma_edge.model.errors import GemmaEdgeError
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def source_digest(source: Path) -> str:
-    """sha256 of a file, or of a folder's (name, sha256) list."""
-    if source.is_file():
-        return sha256_file(source)
-    h = hashlib.sha256()
-    for p in sorted(x for x in source.iterdir() if x.is_file()):
-        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
-    return h.hexdigest()
+MANIFEST = "manifest.json"
 
 
 def _version(dist: str) -> str | None:
@@ -38,15 +25,19 @@ def _version(dist: str) -> str | None:
 
 def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, metadata: dict[str, Any],
                    activations: str = "none") -> dict:
-    """`activations`: how the artifact really computes ("int8_dynamic" when the runtime quantizes
-    activations whatever the recipe says); the parity harness builds the matching reference from it."""
+    """Written last, over the finished folder: `files` lists every other file with its sha256 and size.
+    `activations`: how the artifact really computes ("int8_dynamic" when the runtime quantizes activations
+    whatever the recipe says); the parity harness builds the matching reference from it."""
     recipe_file = source / "recipe.json" if source.is_dir() else None
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {
         "artifact": artifact,
         "runtime": runtime,
-        "sha256": sha256_file(folder / artifact),
-        "size_bytes": (folder / artifact).stat().st_size,
-        "source": {"name": source.name, "path": str(source.resolve()), "sha256": source_digest(source)},
+        "sha256": files[artifact]["sha256"],
+        "size_bytes": files[artifact]["bytes"],
+        "files": files,
+        "source": {"name": source.name, "path": str(source.resolve()), "sha256": content_digest(source)},
         "recipe": json.loads(recipe_file.read_text()) if recipe_file and recipe_file.exists() else None,
         "metadata": metadata,
         "activations": activations,
@@ -54,8 +45,54 @@ def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, meta
                      if _version(d)},
         "parity": None,
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write(folder, manifest)
     return manifest
+
+
+def _write(folder: Path, manifest: dict) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of an exported folder, or a one-line error naming what is wrong with it."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GemmaEdgeError(f"{path}: missing; pass a folder written by gemma-edge export") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise GemmaEdgeError(f"{path}: not readable JSON ({e}); export the artifact again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifact"), str) or \
+            not isinstance(manifest.get("source"), dict) or not isinstance(manifest.get("metadata", {}), dict):
+        raise GemmaEdgeError(f"{path}: not a gemma-edge manifest (no artifact, source and metadata); "
+                             "export the artifact again")
+    return manifest
+
+
+def verify_artifact(folder: str | Path) -> dict:
+    """Check every file the manifest lists against its sha256; returns the manifest. A missing or changed
+    file is a one-line error naming it (pass --no-verify to use a folder edited on purpose)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    files = manifest.get("files") or {manifest["artifact"]: {"sha256": manifest.get("sha256")}}  # older exports
+    if not isinstance(files, dict):
+        raise GemmaEdgeError(f"{folder / MANIFEST}: its file list is damaged; export the artifact again")
+    for name, record in sorted(files.items()):
+        path = folder / name
+        expected = record.get("sha256") if isinstance(record, dict) else None
+        if not path.is_file():
+            raise GemmaEdgeError(f"{path}: missing (listed in {MANIFEST}); export the artifact again")
+        if sha256_file(path) != expected:
+            raise GemmaEdgeError(f"{path}: differs from the sha256 in {MANIFEST} (modified or damaged); export "
+                                 "again, or pass --no-verify if you changed it on purpose")
+    return manifest
+
+
+def record_source(folder: Path, source: Path) -> None:
+    """Point the manifest at `source` (the same content, found elsewhere: a build restored from the cache)."""
+    manifest = read_manifest(folder)
+    manifest["source"].update(name=source.name, path=str(source.resolve()))
+    _write(folder, manifest)
 
 
 def vision_metadata(config, settings) -> dict[str, Any]:

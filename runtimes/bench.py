@@ -28,6 +28,20 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def host_description() -> dict:
+    """The processor and core count figures were measured on."""
+    import os
+    import platform
+
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "system": platform.system()}
+
+
 def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
     """One run: prefill `prompt_len` tokens in one call, then decode `decode_tokens` greedily."""
     import torch

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from gemma_edge.export.manifest import read_manifest
 from gemma_edge.model import Gemma, LoadedModel, ReferenceRunner, generate, load
 from gemma_edge.model.errors import GemmaEdgeError
 
@@ -33,7 +34,7 @@ NUDGE = 2.0 ** -22
 
 def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int | None = None) -> LoadedModel:
     """The reference an artifact must match: `source` loaded with the artifact's activation numerics."""
-    activations = _manifest(Path(artifact_dir)).get("activations", "none")
+    activations = read_manifest(artifact_dir).get("activations", "none")
     source = Path(source)
     if (source / "recipe.json").exists():
         from gemma_edge.calibration.checkpoint import load_quantized
@@ -151,6 +152,11 @@ class ParityReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParityReport":
+        fields = {k: v for k, v in d.items() if k not in ("passed", "prompts")}
+        return cls(**fields, prompts=[PromptResult(**p) for p in d["prompts"]])
 
     def to_markdown(self) -> str:
         lines = [f"# Parity: {self.artifact}", "",
@@ -280,20 +286,9 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
     from . import open_runner  # looked up at call time: tests replace it
 
     folder = Path(artifact_dir)
-    manifest = _manifest(folder)
-    if against not in ("quantized", "float"):
-        raise GemmaEdgeError(f"--against must be quantized or float, not {against!r}")
+    manifest = read_manifest(folder)
     recipe = (manifest.get("recipe") or {}).get("name", "float32")
-    if source is None:
-        if "path" not in manifest["source"]:
-            raise GemmaEdgeError(f"{folder / 'manifest.json'}: records no source path (an older export); "
-                                 "pass --source PATH")
-        recorded = Path(manifest["source"]["path"])
-        source = recorded if against == "quantized" else _float_source(recorded)
-    source = Path(source)
-    if not source.exists():
-        raise GemmaEdgeError(f"{source}: the reference is not there (recorded in {folder / 'manifest.json'}); "
-                             "pass --source PATH")
+    source = reference_path(folder, against, source)
     table = thresholds or load_thresholds()
     activations = manifest.get("activations", "none")
     if against == "quantized":
@@ -418,11 +413,23 @@ def write_report(report: ParityReport, out: str | Path) -> Path:
     return out
 
 
-def _manifest(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "manifest.json").read_text())
-    except FileNotFoundError:
-        raise GemmaEdgeError(f"{folder / 'manifest.json'}: missing; pass a folder written by gemma-edge export") from None
+def reference_path(artifact_dir: str | Path, against: str, source: str | Path | None = None) -> Path:
+    """The checkpoint an artifact is compared with: `source`, else the path its manifest records (for
+    "float", the float model that quantized checkpoint came from)."""
+    folder = Path(artifact_dir)
+    if against not in ("quantized", "float"):
+        raise GemmaEdgeError(f"--against must be quantized or float, not {against!r}")
+    if source is None:
+        recorded = read_manifest(folder)["source"].get("path")
+        if not isinstance(recorded, str):
+            raise GemmaEdgeError(f"{folder / 'manifest.json'}: records no source path (an older export); "
+                                 "pass --source PATH")
+        source = Path(recorded) if against == "quantized" else _float_source(Path(recorded))
+    source = Path(source)
+    if not source.exists():
+        raise GemmaEdgeError(f"{source}: the reference is not there (recorded in {folder / 'manifest.json'}); "
+                             "pass --source PATH")
+    return source
 
 
 def _float_source(quantized: Path) -> Path:

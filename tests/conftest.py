@@ -30,8 +30,8 @@ def real_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def real_hf_dir(real_gguf: Path, tmp_path_factory) -> Path:
-    """The 270M converted to an HF folder by `gemma_edge.model.convert`, once per session."""
-    from gemma_edge.model import convert
+    """The 270M converted to an HF folder (the build cache's, copied), once per session."""
+    from gemma_edge.pipeline.build import convert
 
     return convert(real_gguf, tmp_path_factory.mktemp("real") / "gemma-3-270m", progress=False)
 
@@ -44,16 +44,15 @@ def real_model(real_hf_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def real_quantized(real_model, tmp_path_factory):
-    """recipe name -> QuantizedCheckpoint folder of the real 270M, quantized once per session."""
-    from gemma_edge.calibration.ptq import quantize_model
-    from gemma_edge.calibration.recipe import PRESETS
+def real_quantized(real_hf_dir, tmp_path_factory):
+    """recipe name -> QuantizedCheckpoint folder of the real 270M, once per session (from the build cache)."""
+    from gemma_edge.pipeline.build import quantize
 
     root, done = tmp_path_factory.mktemp("real-quantized"), {}
 
     def get(recipe: str) -> Path:
         if recipe not in done:
-            done[recipe] = quantize_model(real_model, PRESETS[recipe], progress=False).save(root / recipe)
+            done[recipe] = quantize(real_hf_dir, root / recipe, recipe, progress=False)
         return done[recipe]
 
     return get
@@ -67,18 +66,16 @@ REAL_PROMPTS = ["The quick brown fox", "def fibonacci(n):\n    ",
 
 @pytest.fixture(scope="session")
 def real_export(real_quantized, real_hf_dir, tmp_path_factory):
-    """(kind, recipe) -> (source, exported folder) of the real 270M, exported once per session;
-    kind is "pte" or "onnx", recipe "float32" or a preset."""
+    """(kind, recipe) -> (source, exported folder) of the real 270M, once per session (from the build
+    cache); kind is "pte" or "onnx", recipe "float32" or a preset."""
     root, done = tmp_path_factory.mktemp("real-exports"), {}
 
     def get(kind: str, recipe: str) -> tuple[Path, Path]:
         if (kind, recipe) not in done:
-            from gemma_edge.export.executorch import export_pte
-            from gemma_edge.export.onnx import export_onnx
+            from gemma_edge.pipeline.build import export
 
             source = real_hf_dir if recipe == "float32" else real_quantized(recipe)
-            export = export_pte if kind == "pte" else export_onnx
-            done[kind, recipe] = source, export(source, root / f"{kind}-{recipe}", max_seq_len=REAL_MAX_SEQ_LEN)
+            done[kind, recipe] = source, export(source, root / f"{kind}-{recipe}", kind, max_seq_len=REAL_MAX_SEQ_LEN)
         return done[kind, recipe]
 
     return get

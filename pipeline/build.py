@@ -1,0 +1,255 @@
+"""The one build path: source -> (HF folder) -> (QuantizedCheckpoint) -> artifact -> parity report.
+
+Every caller that needs a stage's output — the CLI (`convert`, `quantize`, `export`, `parity`,
+`quickstart`), the tests and docs/figures — asks here. Each stage goes through `_stage`: the output path
+is checked, the cache (`cache.py`) is asked by content (input digests + options), a miss runs the stage
+into the cache, and the verified output is copied to `out` with its recorded source path set to the
+caller's source. `cache=False` (`--no-cache`) runs the stage straight into `out`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from gemma_edge.calibration.recipe import QuantRecipe
+from gemma_edge.model.atomic import atomic_dir, check_output_path
+from gemma_edge.model.bundled import resolve_model_path
+from gemma_edge.model.digest import content_digest
+
+from .cache import BuildCache, default_cache
+
+KINDS = ("pte", "onnx")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _cache(cache: BuildCache | bool) -> BuildCache | None:
+    return cache if isinstance(cache, BuildCache) else default_cache(bool(cache))
+
+
+def _stage(name: str, out: str | Path, inputs: Sequence[Path], options: dict,
+           make: Callable[[Path, bool], object], cache: BuildCache | bool, overwrite: bool,
+           relocate: Callable[[Path], None] | None = None) -> Path:
+    """Run stage `name` (or take it from the cache) and leave its output at `out`."""
+    out = check_output_path(out, inputs, overwrite)
+    store = _cache(cache)
+    if store is None:
+        make(out, overwrite)
+        return out
+    key_inputs = {"options": options, "inputs": [content_digest(p) for p in inputs]}
+    cached, _ = store.get_or_build(name, key_inputs, lambda folder: make(folder, False))
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
+        shutil.copytree(cached, tmp, dirs_exist_ok=True)
+        if relocate is not None:
+            relocate(tmp)
+    return out
+
+
+# ---- the stages ------------------------------------------------------------------------------------
+
+def convert(source: str | Path, out: str | Path, dtype: str = "float32", cache: BuildCache | bool = True,
+            overwrite: bool = False, progress: bool = True) -> Path:
+    """A checkpoint (GGUF, HF folder) as an HF folder that transformers loads (`model.convert`)."""
+    from gemma_edge.model import convert as write_hf
+
+    source = resolve_model_path(source)
+    return _stage("convert", out, [source], {"dtype": dtype},
+                  lambda folder, ow: write_hf(source, folder, dtype=DTYPES[dtype], overwrite=ow, progress=progress),
+                  cache, overwrite)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where the activation statistics of a weighted clip search come from: a `gemma-edge calibrate`
+    folder, or calibration text files cut into `samples` sequences of `seq_len` tokens. Neither: the
+    search weighs every input feature alike."""
+
+    stats: Path | None = None
+    texts: tuple[Path, ...] = ()
+    samples: int = 8
+    seq_len: int = 256
+
+    @property
+    def inputs(self) -> list[Path]:
+        return ([self.stats] if self.stats else []) + list(self.texts)
+
+    def describe(self) -> dict:
+        return {"stats": self.stats is not None, "texts": len(self.texts),
+                "samples": self.samples if self.texts else None, "seq_len": self.seq_len if self.texts else None}
+
+
+def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
+             calibration: Calibration = Calibration(), cache: BuildCache | bool = True, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """PTQ of a float checkpoint into a QuantizedCheckpoint folder (`calibration.ptq.quantize_model`)."""
+    from gemma_edge.calibration.checkpoint import record_source
+
+    source = resolve_model_path(source)
+    recipe = recipe if isinstance(recipe, QuantRecipe) else QuantRecipe.load(recipe)
+
+    def make(folder: Path, ow: bool) -> None:
+        from gemma_edge.calibration.ptq import quantize_model
+
+        loaded = _load_for_calibration(source, calibration.seq_len)
+        quantize_model(loaded, recipe, _stats(loaded, calibration, progress), progress=progress).save(folder, overwrite=ow)
+
+    return _stage("quantize", out, [source, *calibration.inputs],
+                  {"recipe": recipe.to_dict(), "calibration": calibration.describe()}, make, cache, overwrite,
+                  relocate=lambda folder: record_source(folder, source))
+
+
+def _load_for_calibration(source: Path, seq_len: int):
+    from gemma_edge.model import load
+    from gemma_edge.model.errors import GemmaEdgeError
+
+    loaded = load(source, max_seq_len=seq_len, progress=False)
+    if loaded.tokenizer is None:
+        raise GemmaEdgeError(f"{loaded.source}: no tokenizer.model; calibration needs the tokenizer")
+    return loaded
+
+
+def _stats(loaded, calibration: Calibration, progress: bool):
+    from gemma_edge.calibration.data import read_texts, token_sequences
+    from gemma_edge.calibration.observers import CalibrationStats, collect_stats
+
+    if calibration.stats is not None:
+        return CalibrationStats.load(calibration.stats)
+    if calibration.texts:
+        sequences = token_sequences(read_texts(calibration.texts), loaded.tokenizer, calibration.seq_len,
+                                    calibration.samples)
+        return collect_stats(loaded.model, sequences, progress=progress)
+    return None
+
+
+def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 2048, text_only: bool = False,
+           cache: BuildCache | bool = True, overwrite: bool = False) -> Path:
+    """A device artifact folder: `kind` "pte" (ExecuTorch) or "onnx" from a float or quantized checkpoint."""
+    from gemma_edge.export.manifest import record_source
+    from gemma_edge.model.errors import GemmaEdgeError
+
+    if kind not in KINDS:
+        raise GemmaEdgeError(f"artifact kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    source = resolve_model_path(source)
+
+    def make(folder: Path, ow: bool) -> None:
+        if kind == "pte":
+            from gemma_edge.export.executorch import export_pte as write
+        else:
+            from gemma_edge.export.onnx import export_onnx as write
+        write(source, folder, max_seq_len=max_seq_len, overwrite=ow, text_only=text_only)
+
+    return _stage(f"export-{kind}", out, [source], {"max_seq_len": max_seq_len, "text_only": text_only}, make,
+                  cache, overwrite, relocate=lambda folder: record_source(folder, source))
+
+
+def build(source: str | Path, folder: str | Path, recipe: str | QuantRecipe | None = None,
+          kinds: Sequence[str] = KINDS, max_seq_len: int = 2048, cache: BuildCache | bool = True,
+          overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
+    """source -> HF folder (a GGUF is converted) -> QuantizedCheckpoint (with `recipe`) -> one artifact per
+    kind, under `folder`: `<source name>/`, `q-<recipe>/`, `<kind>-<recipe or float32>/`. Returns
+    {"float": ..., "quantized": ... (with a recipe), "pte": ..., "onnx": ...}."""
+    source = resolve_model_path(source)
+    folder = Path(folder)
+    paths: dict[str, Path] = {}
+    if source.is_file():  # a GGUF: the references and exporters read an HF folder
+        source = paths["float"] = convert(source, folder / source.stem.lower(), cache=cache, overwrite=overwrite,
+                                          progress=progress)
+    else:
+        paths["float"] = source
+    label = "float32"
+    if recipe is not None:
+        recipe = recipe if isinstance(recipe, QuantRecipe) else QuantRecipe.load(recipe)
+        label = recipe.name
+        source = paths["quantized"] = quantize(source, folder / f"q-{label}", recipe, cache=cache,
+                                               overwrite=overwrite, progress=progress)
+    for kind in kinds:
+        paths[kind] = export(source, folder / f"{kind}-{label}", kind, max_seq_len=max_seq_len, cache=cache,
+                             overwrite=overwrite)
+    return paths
+
+
+# ---- parity reports ---------------------------------------------------------------------------------
+
+def artifact_digest(folder: Path) -> str:
+    """What an artifact computes: every file but the manifest's record of where its source lay."""
+    from gemma_edge.export.manifest import MANIFEST, read_manifest
+
+    manifest = read_manifest(folder)
+    manifest["source"] = {k: v for k, v in manifest["source"].items() if k not in ("name", "path")}
+    files = {p.name: content_digest(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    return json.dumps({"manifest": manifest, "files": files}, sort_keys=True)
+
+
+def parity(artifact: str | Path, against: str = "quantized", source: str | Path | None = None,
+           prompts: list[tuple] | None = None, image_prompts: list[tuple] | None = None,
+           cache: BuildCache | bool = True):
+    """`runtimes.parity.run_parity`, its report cached by the content of the artifact, the reference, the
+    prompts and the thresholds (a CI job that re-checks an unchanged model takes seconds)."""
+    from gemma_edge.runtimes.parity import ParityReport, load_thresholds, reference_path, run_parity
+
+    artifact = Path(artifact)
+    store = _cache(cache)
+    if store is None:
+        return run_parity(artifact, against=against, source=source, prompts=prompts, image_prompts=image_prompts)
+    reference = reference_path(artifact, against, source)
+    key_inputs = {"artifact": artifact_digest(artifact), "reference": content_digest(reference), "against": against,
+                  "thresholds": load_thresholds(), "prompts": _prompt_digest(prompts),
+                  "image_prompts": _prompt_digest(image_prompts)}
+
+    def make(folder: Path) -> None:
+        report = run_parity(artifact, against=against, source=reference, prompts=prompts, image_prompts=image_prompts)
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps(report.to_dict(), sort_keys=True) + "\n")
+
+    cached, _ = store.get_or_build("parity", key_inputs, make)
+    report = ParityReport.from_dict(json.loads((cached / "report.json").read_text()))
+    return dataclasses.replace(report, artifact=str(artifact), reference=str(reference))
+
+
+def _prompt_digest(prompts: list[tuple] | None) -> list | None:
+    """Prompts as (name, ids[, pixels digest]) for a key."""
+    if prompts is None:
+        return None
+    import hashlib
+
+    out = []
+    for name, ids, *images in prompts:
+        pixels = images[0] if images else None
+        out.append([name, list(ids), None if pixels is None else
+                    hashlib.sha256(pixels.float().contiguous().numpy().tobytes()).hexdigest()])
+    return out
+
+
+# ---- bench figures for reports ----------------------------------------------------------------------
+
+def bench_figures(artifact: str | Path, runs: int = 3, cache: BuildCache | bool = True) -> dict:
+    """`runtimes.bench.bench` of an artifact, kept in the cache with when and where it was measured, so a
+    report rebuilt on the same host shows the same figures (`gemma-edge bench` always measures anew)."""
+    import platform
+    import time
+
+    from gemma_edge.runtimes import artifact_files
+    from gemma_edge.runtimes.bench import bench, host_description
+
+    store = _cache(cache)
+    if store is None:
+        return bench(artifact, runs=runs)
+
+    def make(folder: Path) -> None:
+        figures = bench(artifact, runs=runs)
+        figures["measured"] = time.strftime("%Y-%m-%d %H:%M %Z")
+        folder.mkdir()
+        (folder / "bench.json").write_text(json.dumps(figures, sort_keys=True) + "\n")
+
+    key_inputs = {"artifact": artifact_digest(Path(artifact)), "runs": runs, "host": host_description(),
+                  "node": platform.node()}
+    cached, _ = store.get_or_build("bench", key_inputs, make)
+    figures = json.loads((cached / "bench.json").read_text())
+    figures["artifact"] = str(artifact_files(artifact)[0])  # where it lies now
+    return figures

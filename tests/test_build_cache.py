@@ -1,0 +1,201 @@
+"""The build cache: a key covers every input, a damaged entry is rebuilt, concurrent builders leave one good
+entry, and a restored output is the same as a fresh build."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
+from gemma_edge.pipeline import build as pipeline
+from gemma_edge.pipeline.cache import BuildCache
+
+
+class Counting(BuildCache):
+    """A cache that counts the stages it had to run."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.built: list[str] = []
+
+    def _store(self, key, stage, inputs, make):
+        self.built.append(stage)
+        return super()._store(key, stage, inputs, make)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Counting(tmp_path / "cache")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_tiny_checkpoint(tmp_path / "tiny", tiny_config(num_layers=2))
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_hit_restores_what_a_fresh_build_writes(store, tiny, tmp_path):
+    fresh = pipeline.export(tiny, tmp_path / "fresh", "onnx", max_seq_len=32, cache=False)
+    first = pipeline.export(tiny, tmp_path / "first", "onnx", max_seq_len=32, cache=store)
+    again = pipeline.export(tiny, tmp_path / "again", "onnx", max_seq_len=32, cache=store)
+    assert store.built == ["export-onnx"]
+    assert _files(first) == _files(fresh) == _files(again)
+
+
+def test_the_recorded_source_follows_the_source_that_was_asked_for(store, tiny, tmp_path):
+    """The same content elsewhere hits the cache; the restored manifest names the new place, as a fresh
+    export from there would."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(tiny, moved)
+    pipeline.export(tiny, tmp_path / "a", "onnx", max_seq_len=32, cache=store)
+    restored = pipeline.export(moved, tmp_path / "b", "onnx", max_seq_len=32, cache=store)
+    fresh = pipeline.export(moved, tmp_path / "c", "onnx", max_seq_len=32, cache=False)
+    assert store.built == ["export-onnx"]
+    assert json.loads((restored / "manifest.json").read_text())["source"]["path"] == str(moved.resolve())
+    assert _files(restored) == _files(fresh)
+    q1 = pipeline.quantize(tiny, tmp_path / "q1", "int4-channel", cache=store, progress=False)
+    q2 = pipeline.quantize(moved, tmp_path / "q2", "int4-channel", cache=store, progress=False)
+    assert store.built == ["export-onnx", "quantize"]
+    assert json.loads((q2 / "source.json").read_text())["path"] == str(moved.resolve())
+    assert (q1 / "model.safetensors").read_bytes() == (q2 / "model.safetensors").read_bytes()
+
+
+def test_a_changed_source_recipe_or_option_misses(store, tiny, tmp_path):
+    pipeline.quantize(tiny, tmp_path / "q", "int4-channel", cache=store, progress=False)
+    pipeline.quantize(tiny, tmp_path / "q-again", "int4-channel", cache=store, progress=False)
+    assert store.built == ["quantize"]
+    pipeline.quantize(tiny, tmp_path / "q-block", "int4-block32", cache=store, progress=False)  # recipe
+    assert store.built == ["quantize"] * 2
+    pipeline.export(tiny, tmp_path / "e32", "onnx", max_seq_len=32, cache=store)
+    pipeline.export(tiny, tmp_path / "e64", "onnx", max_seq_len=64, cache=store)  # option
+    assert store.built == ["quantize"] * 2 + ["export-onnx"] * 2
+    other = write_tiny_checkpoint(tmp_path / "other", tiny_config(num_layers=2), seed=1)  # source content
+    pipeline.export(other, tmp_path / "e-other", "onnx", max_seq_len=32, cache=store)
+    assert store.built[-1] == "export-onnx" and len(store.built) == 5
+
+
+def test_a_change_to_gemma_edge_code_or_a_library_version_misses(store, tiny, tmp_path, monkeypatch):
+    from gemma_edge.pipeline import cache
+
+    pipeline.convert(tiny, tmp_path / "a", cache=store, progress=False)
+    monkeypatch.setattr(cache, "code_digest", lambda: "edited")
+    pipeline.convert(tiny, tmp_path / "b", cache=store, progress=False)
+    env = dict(cache.environment())
+    monkeypatch.setattr(cache, "environment", lambda: {**env, "libraries": {**env["libraries"], "torch": "9.9"}})
+    pipeline.convert(tiny, tmp_path / "c", cache=store, progress=False)
+    assert store.built == ["convert"] * 3
+
+
+def test_the_key_covers_every_gemma_edge_source_file(tmp_path, monkeypatch):
+    """code_digest hashes the package files themselves: editing one changes it."""
+    import shutil
+
+    import gemma_edge.pipeline.cache as cache
+
+    before = cache.code_digest()
+    cache.code_digest.cache_clear()
+    root = tmp_path / "pkg"
+    for package in cache._PACKAGES:
+        shutil.copytree(cache._package_dir(package), root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "_package_dir", lambda package: root / package)
+    assert cache.code_digest() == before
+    cache.code_digest.cache_clear()
+    (root / "export" / "onnx.py").write_text((root / "export" / "onnx.py").read_text() + "\n# edited\n")
+    assert cache.code_digest() != before
+    cache.code_digest.cache_clear()
+
+
+def test_a_flipped_byte_in_a_stored_output_is_detected_and_rebuilt(store, tiny, tmp_path):
+    first = pipeline.export(tiny, tmp_path / "a", "onnx", max_seq_len=32, cache=store)
+    stored = next(store.root.glob("??/*/output/model.onnx.data"))
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    again = pipeline.export(tiny, tmp_path / "b", "onnx", max_seq_len=32, cache=store)
+    assert store.built == ["export-onnx"] * 2
+    assert (again / "model.onnx.data").read_bytes() == (first / "model.onnx.data").read_bytes()
+
+
+def test_a_partial_or_truncated_entry_is_rebuilt(store, tiny, tmp_path):
+    pipeline.convert(tiny, tmp_path / "a", cache=store, progress=False)
+    (entry,) = store.root.glob("??/*/entry.json")
+    entry.unlink()  # a writer that died before finishing its entry
+    pipeline.convert(tiny, tmp_path / "b", cache=store, progress=False)
+    (entry,) = store.root.glob("??/*/entry.json")
+    weights = entry.parent / "output" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    pipeline.convert(tiny, tmp_path / "c", cache=store, progress=False)
+    assert store.built == ["convert"] * 3
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
+
+
+BUILDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from gemma_edge.pipeline.cache import BuildCache
+
+    root, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def make(folder):
+        with open(log, "a") as f:
+            f.write("built\\n")
+        folder.mkdir()
+        time.sleep(1.0)  # both processes are inside get_or_build at once
+        (folder / "out.txt").write_text("the output")
+
+    output, hit = BuildCache(root).get_or_build("demo", {"x": 1}, make)
+    print(hit, (output / "out.txt").read_text())
+""")
+
+
+def test_two_processes_building_one_key_leave_one_good_entry(tmp_path):
+    script = tmp_path / "builder.py"
+    script.write_text(BUILDER)
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(log)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    assert outs == ["False the output", "True the output"]  # one built, the other waited and hit
+    assert log.read_text() == "built\n"
+    (entry,) = BuildCache(tmp_path / "cache").entries()
+    assert entry.stage == "demo" and not list((tmp_path / "cache" / "tmp").iterdir())
+
+
+def test_least_recently_used_entries_go_past_the_limit(store, tiny, tmp_path):
+    pipeline.convert(tiny, tmp_path / "a", cache=store, progress=False)
+    pipeline.export(tiny, tmp_path / "b", "onnx", max_seq_len=32, cache=store)
+    assert len(store.entries()) == 2
+    assert store.evict(limit=store.entries()[-1].bytes) == 1
+    assert [e.stage for e in store.entries()] == ["export-onnx"]
+
+
+def test_cache_info_and_clear_from_the_command_line(tmp_path, tiny, monkeypatch, capsys):
+    from gemma_edge.cli.main import main
+
+    monkeypatch.setenv("GEMMA_EDGE_CACHE", str(tmp_path / "c"))
+    assert main(["convert", str(tiny), "--out", str(tmp_path / "a")]) == 0
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "c" / "builds") in out and "entries: 1" in out and "convert" in out
+    assert main(["convert", str(tiny), "--out", str(tmp_path / "b"), "--no-cache"]) == 0
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+    assert BuildCache(tmp_path / "c" / "builds").entries() == []
+
+
+def test_parity_reports_are_cached_by_content(store, tiny, tmp_path):
+    folder = pipeline.export(tiny, tmp_path / "onnx", "onnx", max_seq_len=128, cache=store)
+    first = pipeline.parity(folder, cache=store)
+    again = pipeline.parity(folder, cache=store)
+    assert first.passed and again.to_dict() == first.to_dict()
+    assert store.built == ["export-onnx", "parity"]
+    pipeline.parity(folder, against="float", cache=store)  # another question, another key
+    assert store.built == ["export-onnx", "parity", "parity"]

@@ -20,12 +20,13 @@ import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.model.atomic import atomic_dir
+from gemma_edge.model.atomic import atomic_dir, check_output_path
 from gemma_edge.model.errors import GemmaEdgeError
-from gemma_edge.model.gemma import (Gemma, attention_mask, full_cache_key_groups, gelu_tanh_explicit, image_groups,
-                                    register_kv, ring_key_groups, ring_key_positions)
+from gemma_edge.model.gemma import (Gemma, RMSNorm, as_dtype, attention_mask, full_cache_key_groups, gelu_tanh_explicit,
+                                    image_groups, register_kv, ring_key_groups, ring_key_positions, rotate_half)
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionEncoder
 
@@ -67,36 +68,87 @@ def _float_mask(allowed: torch.Tensor) -> torch.Tensor:
     return torch.where(allowed, torch.zeros((), dtype=torch.float32), torch.full((), float("-inf")))
 
 
+class RingMask:
+    """The sliding layers' mask over [ring before the call ++ new keys]: the same for every sliding layer
+    of a call, so `PteDecoder` / `PteTextDecoder` compute it once per call and each ring cache reads it
+    (rebuilt in every layer it cost 15-30 portable ops per layer and a step's time)."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self.mask: torch.Tensor | None = None
+
+    def compute(self, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> None:
+        key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
+        key_group = None if groups is None else ring_key_groups(groups, self.window)
+        self.mask = _float_mask(attention_mask(input_pos, key_pos, self.window, groups, key_group))
+
+
 class ETRingCache(nn.Module):
-    def __init__(self, num_kv_heads: int, window: int, head_dim: int, dtype: torch.dtype):
+    def __init__(self, num_kv_heads: int, window: int, head_dim: int, dtype: torch.dtype, shared: RingMask):
         super().__init__()
         self.window = window
+        self.shared = shared
         register_kv(self, (1, window, num_kv_heads, head_dim), dtype)
 
     def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
-        key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
-        key_group = None if groups is None else ring_key_groups(groups, self.window)
-        mask = _float_mask(attention_mask(input_pos, key_pos, self.window, groups, key_group))
         k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         keys, values = torch.cat((self.k, k), dim=1), torch.cat((self.v, v), dim=1)
-        out = torch.ops.llama.custom_sdpa(q.transpose(1, 2).contiguous(), keys, values, 0, mask, 0.0, False, scale)
+        out = torch.ops.llama.custom_sdpa(q.transpose(1, 2).contiguous(), keys, values, 0, self.shared.mask, 0.0,
+                                          False, scale)
         slots = (input_pos % self.window)[None, :]
         torch.ops.llama.update_cache_with_indices(k, self.k, 0, slots)
         torch.ops.llama.update_cache_with_indices(v, self.v, 0, slots)
         return out.transpose(1, 2)
 
 
-def on_et_caches(model: Gemma) -> Gemma:
-    """A copy of `model` whose caches run on ExecuTorch's fused ops, with an activation XNNPACK keeps."""
+class LinearMeanRMSNorm(RMSNorm):
+    """Gemma's RMSNorm with the mean of squares written as a linear layer (weights 1/dim): XNNPACK takes
+    linears of any rank and length, but `mean` only over 4-D inner dims, so every norm's `mean` ran in the
+    portable kernels and split each layer into several delegates."""
+
+    def __init__(self, norm: RMSNorm):
+        super().__init__(norm.weight.shape[0], norm.eps)
+        dim = norm.weight.shape[0]
+        self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim), persistent=False)
+        self.register_buffer("scale", 1.0 + norm.weight.detach().float(), persistent=False)  # the (1 + w), once
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = as_dtype(x, torch.float32)
+        xf = xf * torch.rsqrt(F.linear(xf * xf, self.mean_weight) + self.eps)
+        return as_dtype(xf * self.scale, x.dtype)
+
+
+class RotateHalfByMatmul(nn.Module):
+    """`rotate_half` as a product with a signed permutation matrix: exact (one non-zero term per output)
+    and a linear XNNPACK takes, where slicing a dynamic-length tensor in halves is not lowered."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        r = rotate_half(torch.eye(head_dim))  # row i: rotate_half of the i-th unit vector
+        self.register_buffer("weight", r.t().contiguous(), persistent=False)  # F.linear(x, W) = x @ W.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+def on_et_caches(model: Gemma) -> tuple[Gemma, RingMask]:
+    """A copy of `model` whose caches run on ExecuTorch's fused ops, spelled so that XNNPACK takes all of a
+    layer between two attention calls (activation, norms, RoPE rotation); the ring mask its sliding layers
+    share."""
     model = copy.deepcopy(model)
     c = model.config
+    ring = RingMask(c.sliding_window)
+    for name, module in list(model.named_modules()):
+        if type(module) is RMSNorm:
+            model.set_submodule(name, LinearMeanRMSNorm(module))
     for layer in model.layers:
         layer.mlp.act = gelu_tanh_explicit  # XNNPACK would lower aten.gelu as the erf GELU
         attn = layer.self_attn
+        attn.rotate = RotateHalfByMatmul(c.head_dim)
         dtype = layer.input_layernorm.weight.dtype  # activations (the linears may be integer)
-        attn.cache = (ETRingCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype) if attn.window
+        attn.cache = (ETRingCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype, ring) if attn.window
                       else ETFullCache(c.num_kv_heads, model.max_seq_len, c.head_dim, dtype))
-    return model
+    return model, ring
 
 
 class PteDecoder(nn.Module):
@@ -104,10 +156,11 @@ class PteDecoder(nn.Module):
 
     def __init__(self, model: Gemma):
         super().__init__()
-        self.model = on_et_caches(model)
+        self.model, self.ring = on_et_caches(model)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         positions = input_pos[0] + torch.arange(tokens.shape[1])
+        self.ring.compute(positions)
         return self.model(tokens, positions, last_logits_only=True)[:, -1, :]
 
 
@@ -163,11 +216,12 @@ class PteTextDecoder(nn.Module):
 
     def __init__(self, model: Gemma):
         super().__init__()
-        self.model = on_et_caches(model)
+        self.model, self.ring = on_et_caches(model)
 
     def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         positions = input_pos[0] + torch.arange(embeds.shape[1])
         groups = image_groups(embeds[0, :, -1] > 0.5)
+        self.ring.compute(positions, groups)
         x = self.model.hidden(embeds[..., :-1], positions, groups)
         return self.model.logits(x[:, -1:])[:, -1, :]
 
@@ -205,8 +259,7 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
     programs = {}
     with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         for name, (module, example, dynamic) in pte_methods(model, vision).items():
-            program = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=True)
-            programs[name] = program.run_decompositions({})
+            programs[name] = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=False)
     bar.update()
     bar.set_postfix_str("lower to XNNPACK")
     edge = to_edge_transform_and_lower(
@@ -236,7 +289,7 @@ def pte_model(source: Path, max_seq_len: int) -> tuple[Gemma, Tokenizer]:
         ckpt = QuantizedCheckpoint.load(source)
         if ckpt.tokenizer_model is None:
             raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
-        return quantized_pte_model(ckpt, max_seq_len), Tokenizer(ckpt.tokenizer_model)
+        return quantized_pte_model(ckpt, max_seq_len), Tokenizer(ckpt.tokenizer_model, bos_id=ckpt.config.bos_token_id)
     loaded = load(source, max_seq_len=max_seq_len)
     if loaded.tokenizer is None:
         raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
@@ -252,8 +305,7 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
     from gemma_edge.model.loader import has_vision, load_vision
 
     source = Path(source)
-    if Path(out).exists() and not overwrite:
-        raise GemmaEdgeError(f"{out}: output already exists; choose another --out or pass --overwrite")
+    check_output_path(out, [source], overwrite)
     model, tokenizer = pte_model(source, max_seq_len)
     vision = None
     if not text_only and has_vision(source):
@@ -269,7 +321,7 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
     metadata = runner_metadata(model, tokenizer.stop_ids)
     if vision is not None:  # what a runner needs to preprocess images and build the prompt
         metadata["vision"] = vision_metadata(vision.config, settings_for(source, vision.config.image_size))
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[source]) as tmp:
         (tmp / "model.pte").write_bytes(pte)
         (tmp / "tokenizer.model").write_bytes(tokenizer.serialized)
         write_manifest(tmp, source, artifact="model.pte", runtime="executorch", metadata=metadata,

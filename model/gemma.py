@@ -33,9 +33,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = as_dtype(x, torch.float32)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).type_as(x)
+        return as_dtype(xf * (1.0 + as_dtype(self.weight, torch.float32)), x.dtype)
+
+
+def as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x.to(dtype)`, written so that a traced graph holds no cast where the dtype already matches (an
+    exporter's passes pay for every node)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
@@ -50,11 +56,16 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, heads, T, head_dim]; rotates the two halves of head_dim."""
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the two halves of the last dimension."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate=rotate_half) -> torch.Tensor:
+    """x: [B, heads, T, head_dim]; rotates the two halves of head_dim (`rotate`: an exporter may spell
+    rotate_half another way)."""
+    return x * as_dtype(cos, x.dtype) + rotate(x) * as_dtype(sin, x.dtype)
 
 
 def sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -175,6 +186,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
         self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
         self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        self.rotate = rotate_half
         if self.window is not None:
             self.cache: nn.Module = RingKVCache(c.num_kv_heads, c.sliding_window, c.head_dim, dtype)
         else:
@@ -182,16 +194,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 groups: torch.Tensor | None = None):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
+        b = x.shape[0]  # (-1 for the length: exporters keep such views static-shaped)
+        q = self.q_proj(x).view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(self.q_norm(q), cos, sin, self.rotate)
+        k = apply_rope(self.k_norm(k), cos, sin, self.rotate)
         # Image groups only when there are images: QAT's cache takes none, and text-only graphs stay as they were.
         out = (self.cache.attend(q, k, v, input_pos, self.scale) if groups is None
                else self.cache.attend(q, k, v, input_pos, self.scale, groups))
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(b, -1, self.num_heads * self.head_dim))
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

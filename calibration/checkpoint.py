@@ -16,14 +16,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.config import GemmaConfig
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
-from gemma_edge.model.hf_checkpoint import check_and_load
+from gemma_edge.model.hf_checkpoint import check_and_load, save_safetensors
 from gemma_edge.model.loader import LoadedModel
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionConfig, VisionEncoder
@@ -112,7 +111,7 @@ class QuantizedCheckpoint:
         # byte-identical run to run.
         meta = {"gemma_edge": json.dumps({"format": FORMAT_TAG, "quantized": formats}, sort_keys=True)}
         with atomic_dir(out, overwrite=overwrite, inputs=[self.source]) as tmp:
-            save_file(tensors, str(tmp / "model.safetensors"), metadata=meta)
+            save_safetensors(tensors, tmp / "model.safetensors", metadata=meta)
             (tmp / "config.json").write_text(json.dumps(self.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
             self.recipe.save(tmp / "recipe.json")
             (tmp / "quant_report.json").write_text(json.dumps(self.report, indent=2, sort_keys=True) + "\n")
@@ -182,7 +181,8 @@ def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torc
     path = Path(path)
     ckpt = QuantizedCheckpoint.load(path)
     seq = max_seq_len or min(4096, ckpt.config.max_position_embeddings)
-    tok = Tokenizer(ckpt.tokenizer_model, str(path / "tokenizer.model")) if ckpt.tokenizer_model else None
+    tok = (Tokenizer(ckpt.tokenizer_model, str(path / "tokenizer.model"), ckpt.config.bos_token_id)
+           if ckpt.tokenizer_model else None)
     return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations), tok, path)
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
+from gemma_edge.model.hf_checkpoint import save_safetensors
 
 from .recipe import LM_HEAD
 
@@ -100,14 +101,14 @@ class CalibrationStats:
         s = self.layers.get(name)
         return None if s is None else s.mean_sq
 
-    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+    def save(self, out: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
         """stats.json (ranges, percentiles, outlier ratios) + importance.safetensors (E[x^2] per feature)."""
         summary = {"num_sequences": self.num_sequences, "seq_len": self.seq_len, "layers": {
             k: {f: v for f, v in asdict(s).items() if f != "mean_sq"} for k, s in sorted(self.layers.items())}}
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
             (tmp / "stats.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-            save_file({k: s.mean_sq.contiguous() for k, s in sorted(self.layers.items())},
-                      str(tmp / "importance.safetensors"))
+            save_safetensors({k: s.mean_sq.contiguous() for k, s in sorted(self.layers.items())},
+                             tmp / "importance.safetensors")
         return Path(out)
 
     @classmethod
@@ -119,5 +120,12 @@ class CalibrationStats:
         except FileNotFoundError as e:
             raise GemmaEdgeError(f"{path}: not a calibration folder ({e.filename} missing); "
                                  "make one with gemma-edge calibrate") from None
-        layers = {k: LayerStats(mean_sq=sq[k], **v) for k, v in summary["layers"].items()}
-        return cls(layers, summary["num_sequences"], summary["seq_len"])
+        except Exception as e:  # JSON, UTF-8 and safetensors errors: a damaged folder
+            raise GemmaEdgeError(f"{path}: damaged calibration folder ({type(e).__name__}: {e}); make it again with "
+                                 "gemma-edge calibrate") from None
+        try:
+            layers = {k: LayerStats(mean_sq=sq[k], **v) for k, v in summary["layers"].items()}
+            return cls(layers, summary["num_sequences"], summary["seq_len"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise GemmaEdgeError(f"{path / 'stats.json'}: not gemma-edge calibration statistics ({e!r}); make them "
+                                 "again with gemma-edge calibrate") from None

@@ -297,7 +297,14 @@ def load_run(run_dir: str | Path) -> tuple[QATConfig, dict, dict]:
     except FileNotFoundError as e:
         raise GemmaEdgeError(f"{run_dir}: not a QAT state folder ({Path(e.filename).name} missing); "
                              "it is written next to --out as OUT.qat-state every --save-every steps") from None
-    return QATConfig(**run["config"]), run["meta"], state
+    except Exception as e:  # torch.load refuses pickled code (weights_only) with its own exception types
+        raise GemmaEdgeError(f"{run_dir}: its training state is damaged or not one gemma-edge wrote ({type(e).__name__}); "
+                             "start the run again without --resume") from None
+    try:
+        return QATConfig(**run["config"]), run["meta"], state
+    except (KeyError, TypeError) as e:
+        raise GemmaEdgeError(f"{run_dir / RUN_FILE}: not a gemma-edge QAT run record ({e}); start the run "
+                             "again without --resume") from None
 
 
 def train(loaded: LoadedModel, init: QuantizedCheckpoint, sequences: Sequence[Sequence[int]], cfg: QATConfig,

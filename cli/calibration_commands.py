@@ -8,7 +8,8 @@ from pathlib import Path
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from .common import MODEL_HELP, add_cache_option, add_command
+from .common import (MODEL_HELP, add_cache_option, add_command, non_negative_float, non_negative_int,
+                     positive_float, positive_int, seed)
 
 
 def _calibration_sequences(args: argparse.Namespace, loaded):
@@ -31,7 +32,9 @@ def _load_model(model: str, max_seq_len: int):
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from gemma_edge.calibration.observers import collect_stats
+    from gemma_edge.model.atomic import check_output_path
 
+    check_output_path(args.out, [args.model, *args.calib], args.overwrite)
     loaded = _load_model(args.model, args.seq_len)
     stats = collect_stats(loaded.model, _calibration_sequences(args, loaded))
     out = stats.save(args.out, overwrite=args.overwrite)
@@ -84,8 +87,10 @@ def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from gemma_edge.calibration.data import held_out_text, read_texts
     from gemma_edge.calibration.evaluate import evaluate, plot_weight_errors, weight_errors
-    from gemma_edge.model.atomic import atomic_dir
+    from gemma_edge.model.atomic import atomic_dir, check_output_path
 
+    if args.report:
+        check_output_path(args.report, [args.model, args.against], args.overwrite)
     model = _load_model(args.model, args.seq_len)
     text = "\n\n".join(read_texts(args.text)) if args.text else held_out_text()
     tokens = model.tokenizer.encode(text)
@@ -99,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print()
     vision = _vision_loss(args, model, reference) if reference is not None else None
     if args.report:
-        with atomic_dir(args.report, overwrite=True) as tmp:
+        with atomic_dir(args.report, overwrite=args.overwrite, inputs=[model.source, args.against]) as tmp:
             report = {"model": str(model.source), "against": str(reference.source) if reference else None,
                       "seq_len": args.seq_len, "text": [str(t) for t in args.text] or ["held-out: pydoc_data"],
                       "result": result.to_dict(), "vision": vision}
@@ -135,9 +140,9 @@ def cmd_qat(args: argparse.Namespace) -> None:
 
     from gemma_edge.calibration.qat import QATConfig, load_run, train
     from gemma_edge.calibration.recipe import QuantRecipe
+    from gemma_edge.model.atomic import check_output_path
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise GemmaEdgeError(f"{args.out}: output already exists; choose another --out or pass --overwrite")
+    check_output_path(args.out, [args.model, args.init, args.resume, *args.calib], args.overwrite)
     cfg = QATConfig(steps=args.steps, seq_len=args.seq_len, lr=args.lr, scale_lr=args.scale_lr, top_k=args.top_k,
                     train_weights=not args.scales_only, train_embedding=args.train_embedding,
                     grad_checkpointing=args.grad_checkpointing, save_every=args.save_every, seed=args.seed)
@@ -169,10 +174,10 @@ def cmd_qat(args: argparse.Namespace) -> None:
 def cmd_import_qat(args: argparse.Namespace) -> None:
     from gemma_edge.calibration.grid_import import import_grid
     from gemma_edge.calibration.recipe import QuantRecipe
+    from gemma_edge.model.atomic import check_output_path
 
     recipe = QuantRecipe.load(args.recipe)
-    if Path(args.out).exists() and not args.overwrite:
-        raise GemmaEdgeError(f"{args.out}: output already exists; choose another --out or pass --overwrite")
+    check_output_path(args.out, [args.model], args.overwrite)
     ckpt = import_grid(_load_model(args.model, 64), recipe)
     out = ckpt.save(args.out, overwrite=args.overwrite)
     grid = sum(1 for r in ckpt.report if r.get("clip") == "grid")
@@ -182,9 +187,9 @@ def cmd_import_qat(args: argparse.Namespace) -> None:
 def _calib_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", nargs="+", default=[], metavar="FILE",
                    help="calibration text (.txt, or .jsonl with a 'text' field); default: sample from the model")
-    p.add_argument("--samples", type=int, default=8, help="number of calibration sequences")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
-    p.add_argument("--seed", type=int, default=0, help="seed for data-free sampling")
+    p.add_argument("--samples", type=positive_int, default=8, help="number of calibration sequences")
+    p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per calibration sequence")
+    p.add_argument("--seed", type=seed, default=0, help="seed for data-free sampling")
 
 
 def register(sub) -> None:
@@ -222,8 +227,9 @@ def register(sub) -> None:
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--against", help="the float model to compare with")
     p.add_argument("--text", nargs="+", default=[], metavar="FILE", help="held-out text files")
-    p.add_argument("--seq-len", type=int, default=512, help="evaluation window")
-    p.add_argument("--report", help="folder for eval.json and weight_errors.png")
+    p.add_argument("--seq-len", type=positive_int, default=512, help="evaluation window")
+    p.add_argument("--report", help="folder for eval.json and weight_errors.png (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace --report if it exists")
     p.add_argument("--image", nargs="+", default=[], metavar="FILE",
                    help="multimodal checkpoints: images for the vision tower's own loss (default: a test card)")
 
@@ -241,25 +247,25 @@ def register_qat(sub) -> None:
                     "--save-every steps; --resume continues from it bit for bit.")
     p.add_argument("model", help=MODEL_HELP + " (the float teacher)")
     p.add_argument("--recipe", required=True, help="a weight-only preset name or a recipe JSON file")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps, one sequence each")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="training steps, one sequence each")
     p.add_argument("--out", required=True, help="output QuantizedCheckpoint folder (written atomically)")
     p.add_argument("--data", dest="calib", nargs="+", default=[], metavar="FILE",
                    help="training text (.txt, or .jsonl with a 'text' field); default: sampled from the float model")
-    p.add_argument("--sequences", dest="samples", type=int, default=256, help="training sequences to cut or sample")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
+    p.add_argument("--sequences", dest="samples", type=positive_int, default=256, help="training sequences to cut or sample")
+    p.add_argument("--seq-len", type=positive_int, default=d.seq_len, help="tokens per training sequence")
     p.add_argument("--resume", metavar="DIR", help="an OUT.qat-state folder of an interrupted run")
     p.add_argument("--init", metavar="DIR", help="start from this quantized checkpoint instead of PTQ "
                    "(e.g. one from `gemma-edge import-qat`)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the latent weights")
-    p.add_argument("--scale-lr", type=float, default=d.scale_lr, help="Adam learning rate of the log-scales")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="teacher logits kept per position; 0 = full vocabulary")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate of the latent weights")
+    p.add_argument("--scale-lr", type=non_negative_float, default=d.scale_lr, help="Adam learning rate of the log-scales")
+    p.add_argument("--top-k", type=non_negative_int, default=d.top_k, help="teacher logits kept per position; 0 = full vocabulary")
     p.add_argument("--scales-only", action="store_true", help="train only the scales, keep the float weights")
     p.add_argument("--train-embedding", action="store_true",
                    help="also train the lookup table when it is not the LM head's")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in backward to save memory")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between saved training states")
-    p.add_argument("--seed", type=int, default=d.seed, help="data order and data-free sampling seed")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--save-every", type=positive_int, default=d.save_every, help="steps between saved training states")
+    p.add_argument("--seed", type=seed, default=d.seed, help="data order and data-free sampling seed")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--overwrite", action="store_true")
 
     p = add_command(sub, "import-qat", cmd_import_qat, "import a checkpoint trained onto an int4 block grid",

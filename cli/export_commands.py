@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import MODEL_HELP, add_cache_option, add_command
+from .common import MODEL_HELP, add_cache_option, add_command, add_verify_option, positive_int
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -29,7 +29,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     reports = []
     for target in targets:  # one after the other, never concurrently: they share the cores
         r = bench(target, prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, runs=args.runs,
-                  threads=args.threads)
+                  threads=args.threads, verify=not args.no_verify)
         reports.append(r)
         print(f"{r['artifact']}  ({r['file_mib']:.1f} MiB, {r['threads']} threads, median of {r['runs']} runs)")
         print(f"  prefill  {r['prefill_tok_s']:8.1f} tok/s over {r['prompt_len']} tokens (time to first token {r['ttft_s']:.3f} s)")
@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("format", choices=["pte", "onnx"], help="artifact kind")
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="KV-cache length (longest prompt + answer)")
+    p.add_argument("--max-seq-len", type=positive_int, default=2048, help="KV-cache length (longest prompt + answer)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_cache_option(p)
     p.add_argument("--text-only", action="store_true",
@@ -67,8 +67,9 @@ def register(sub) -> None:
     p.add_argument("artifact", help="folder with model.pte or model.onnx")
     p.add_argument("--gguf", help="also measure this GGUF (or `bundled`) through llama-cpp-python, with the same "
                                   "protocol, side by side (needs pip install llama-cpp-python)")
-    p.add_argument("--prompt-len", type=int, default=512)
-    p.add_argument("--decode-tokens", type=int, default=64)
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-len", type=positive_int, default=512, help="prompt tokens, prefilled in one call")
+    p.add_argument("--decode-tokens", type=positive_int, default=64, help="tokens decoded after the prompt")
+    p.add_argument("--runs", type=positive_int, default=3, help="fresh processes measured; figures are their medians")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of each runtime")
     p.add_argument("--json", action="store_true", help="also print the raw JSON")
+    add_verify_option(p)

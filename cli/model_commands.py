@@ -6,7 +6,8 @@ import argparse
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from .common import MODEL_HELP, add_cache_option, add_command
+from .common import (MODEL_HELP, add_cache_option, add_command, add_verify_option, non_negative_float,
+                     non_negative_int, positive_float, positive_int, probability, seed, utf8_text)
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -41,7 +42,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load(resolve_model_path(args.model), max_seq_len=args.max_seq_len)
+    path = resolve_model_path(args.model)
+    if (path / "manifest.json").is_file():  # an exported artifact: run it in its runtime
+        return _run_artifact(args, path)
+    loaded = load(path, max_seq_len=args.max_seq_len)
     tok = loaded.tokenizer
     if tok is None:
         raise GemmaEdgeError(f"{loaded.source}: no tokenizer.model beside the weights; copy it there to run text prompts")
@@ -68,6 +72,28 @@ def cmd_run(args: argparse.Namespace) -> None:
     print()
 
 
+def _run_artifact(args: argparse.Namespace, folder) -> None:
+    """`gemma-edge run ARTIFACT_FOLDER`: the same generation loop over the exported model's own runtime."""
+    from gemma_edge.export.manifest import read_manifest
+    from gemma_edge.model import Sampling, StreamDecoder, Tokenizer, format_chat, generate
+    from gemma_edge.runtimes import open_runner
+
+    if args.image:
+        raise GemmaEdgeError(f"{folder}: run --image takes a checkpoint; check an exported multimodal artifact "
+                             "with gemma-edge parity --image")
+    runner = open_runner(folder, threads=args.threads, verify=not args.no_verify)  # checks the files first
+    meta = read_manifest(folder).get("metadata", {})
+    tok = Tokenizer((folder / "tokenizer.model").read_bytes(), str(folder / "tokenizer.model"),
+                    meta.get("get_bos_id", meta.get("bos_id")))
+    text = format_chat([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    stream, stops = StreamDecoder(tok), set(tok.stop_ids)
+    if not args.chat:
+        print(args.prompt, end="", flush=True)
+    generate(runner, tok.encode(text), args.max_new_tokens, Sampling(args.temperature, args.top_k, args.top_p, args.seed),
+             stops, on_token=lambda t: t in stops or print(stream.push(t), end="", flush=True))
+    print()
+
+
 def _image_prompt(args: argparse.Namespace, loaded, text: str):
     """Token ids of `text` with its images expanded, and the images' soft tokens from the vision encoder."""
     import torch
@@ -91,8 +117,8 @@ def register(sub) -> None:
              "versus every layer global. Reads only the config, not the weights.")
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--preset", choices=sorted(PRESETS), help="inspect a released shape instead of a checkpoint")
-    p.add_argument("--context", type=int, default=32_768, help="context length for the KV-cache planner")
-    p.add_argument("--kv-bytes", type=float, default=2.0, help="bytes per cached value (2 = bf16, 1 = int8)")
+    p.add_argument("--context", type=positive_int, default=32_768, help="context length for the KV-cache planner")
+    p.add_argument("--kv-bytes", type=positive_float, default=2.0, help="bytes per cached value (2 = bf16, 1 = int8)")
 
     p = add_command(sub, "convert", cmd_convert, "write a checkpoint (e.g. GGUF) as an HF folder",
              "Write MODEL as a Hugging Face folder (config.json, model.safetensors, tokenizer.model) that "
@@ -105,22 +131,25 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_cache_option(p)
 
-    p = add_command(sub, "run", cmd_run, "generate text with the PyTorch reference",
-             "Generate from a prompt with the float reference model, streaming text to stdout. Greedy unless "
+    p = add_command(sub, "run", cmd_run, "generate text with the reference or an exported artifact",
+             "Generate from a prompt with the reference model of a checkpoint, or with an exported artifact "
+             "folder in its own runtime (ExecuTorch, ONNX Runtime; its files checked against manifest.json "
+             "first), streaming text to stdout. Greedy unless "
              "--temperature > 0. Stops at <eos> or <end_of_turn>. With --image (Gemma 3 4B+ HF folders), the "
              "SigLIP encoder turns each image into 256 soft tokens that attend to each other bidirectionally.")
-    p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("model", help=MODEL_HELP + ", or a folder written by gemma-edge export")
+    p.add_argument("--prompt", required=True, type=utf8_text, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat template")
     p.add_argument("--image", nargs="+", metavar="FILE",
                    help="images for a multimodal (4B+) checkpoint; each <start_of_image> in the prompt marks "
                         "where one goes, otherwise they come first")
     p.add_argument("--pan-and-scan", action="store_true",
                    help="also feed crops of elongated images (Gemma 3's Pan & Scan), 256 tokens each")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 disables")
-    p.add_argument("--top-p", type=float, default=1.0, help="1.0 disables")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seq-len", type=int, default=None, help="KV-cache length (default min(4096, context))")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate at most")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 means greedy")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="0 disables")
+    p.add_argument("--top-p", type=probability, default=1.0, help="1.0 disables")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed")
+    p.add_argument("--max-seq-len", type=positive_int, default=None, help="KV-cache length (default min(4096, context))")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_verify_option(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_cache_option, add_command
+from .common import add_cache_option, add_command, add_verify_option
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
                                           pan_and_scan=args.pan_and_scan,
                                           name=f"image prompt ({', '.join(Path(f).name for f in args.image)})")]
     report = parity(args.artifact, against=args.against, prompts=prompts, source=args.source,
-                    image_prompts=image_prompts, cache=not args.no_cache)
+                    image_prompts=image_prompts, cache=not args.no_cache, verify=not args.no_verify)
     print(report.to_markdown())
     if args.report:
         print(f"wrote {write_report(report, args.report)}")
@@ -56,3 +56,4 @@ def register(sub) -> None:
                    help="text of that prompt; each <start_of_image> marks an image (default: describe them)")
     p.add_argument("--pan-and-scan", action="store_true", help="also feed crops of elongated images")
     add_cache_option(p)
+    add_verify_option(p)

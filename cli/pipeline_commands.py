@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-from .common import add_cache_option, add_command
+from .common import add_cache_option, add_command, positive_int
 
 MARKER = "quickstart.json"  # marks a folder as a quickstart's own, so a later run may refresh what is in it
 
@@ -105,7 +105,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="gemma-edge-quickstart", help="working folder (default: %(default)s)")
     p.add_argument("--recipe", default="int4-block32", choices=sorted(PRESETS),
                    help="quantization preset (default: %(default)s)")
-    p.add_argument("--runs", type=int, default=3, help="bench runs per artifact (median)")
+    p.add_argument("--runs", type=positive_int, default=3, help="bench runs per artifact (median)")
     add_cache_option(p)
 
     p = add_command(sub, "cache", cmd_cache, "show or empty the build cache",

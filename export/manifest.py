@@ -5,6 +5,7 @@ No timestamps: two exports of the same input are byte-identical, manifest includ
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -49,7 +50,14 @@ def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, meta
     return manifest
 
 
+def _self_digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _write(folder: Path, manifest: dict) -> None:
+    """The manifest carries the sha256 of its own content, so an edit to it is caught like one to a file."""
+    manifest["manifest_sha256"] = _self_digest(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
@@ -74,6 +82,9 @@ def verify_artifact(folder: str | Path) -> dict:
     file is a one-line error naming it (pass --no-verify to use a folder edited on purpose)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if "manifest_sha256" in manifest and manifest["manifest_sha256"] != _self_digest(manifest):
+        raise GemmaEdgeError(f"{folder / MANIFEST}: its content differs from its own sha256 (edited or damaged); "
+                             "export again, or pass --no-verify if you changed it on purpose")
     files = manifest.get("files") or {manifest["artifact"]: {"sha256": manifest.get("sha256")}}  # older exports
     if not isinstance(files, dict):
         raise GemmaEdgeError(f"{folder / MANIFEST}: its file list is damaged; export the artifact again")

@@ -27,7 +27,7 @@ import onnx_ir as ir
 import torch
 
 from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
-from gemma_edge.model.atomic import atomic_dir
+from gemma_edge.model.atomic import atomic_dir, check_output_path
 from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
 
 from .manifest import vision_metadata, write_manifest
@@ -53,10 +53,11 @@ def read_weights(source: Path) -> Weights:
 
     if is_quantized_checkpoint(source):
         ckpt = QuantizedCheckpoint.load(source)
-        tok = Tokenizer(ckpt.tokenizer_model) if ckpt.tokenizer_model else None
+        tok = Tokenizer(ckpt.tokenizer_model, bos_id=ckpt.config.bos_token_id) if ckpt.tokenizer_model else None
         return Weights(ckpt.config, dict(ckpt.floats), dict(ckpt.quantized), tok, ckpt.recipe.activations)
     config, state, tok_bytes = read_checkpoint(source, progress=False)
-    return Weights(config, {k: v.float() for k, v in state.items()}, {}, Tokenizer(tok_bytes) if tok_bytes else None)
+    return Weights(config, {k: v.float() for k, v in state.items()}, {},
+                   Tokenizer(tok_bytes, bos_id=config.bos_token_id) if tok_bytes else None)
 
 
 def _numpy(t: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -234,6 +235,9 @@ class GqaAttention:
 
     def __init__(self, b: GraphBuilder, mask: ir.Value, max_seq_len: int):
         self.b, self.caches = b, rope_caches(b, max_seq_len)
+        # A window longer than the context never masks anything; onnxruntime-genai refuses a KV capacity
+        # below local_window_size, so a short export says its context instead (the same attention).
+        self.window = min(b.c.sliding_window, max_seq_len)
         one = b.init("i64_1", np.array(1, dtype=np.int64))
         self.total = b.op("Cast", b.op("Gather", b.op("Shape", mask), one), to=ir.DataType.INT32)
         self.seqlens_k = b.op("Cast", b.op("Sub", b.op("ReduceSum", mask, b.const_i64(1), keepdims=0), one),
@@ -246,7 +250,7 @@ class GqaAttention:
         return b.tape.op_multi_out(
             "GroupQueryAttention", [q, k, v, past_k, past_v, self.seqlens_k, self.total, cos, sin],
             dict(num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, scale=c.query_pre_attn_scalar ** -0.5,
-                 local_window_size=c.sliding_window if sliding else -1, do_rotary=1, rotary_interleaved=0),
+                 local_window_size=self.window if sliding else -1, do_rotary=1, rotary_interleaved=0),
             num_outputs=3, domain="com.microsoft")
 
 
@@ -435,8 +439,7 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     from .onnx_vision import build_embedding_graph, build_vision_graph
 
     source = Path(source)
-    if Path(out).exists() and not overwrite:
-        raise GemmaEdgeError(f"{out}: output already exists; choose another --out or pass --overwrite")
+    check_output_path(out, [source], overwrite)
     w = read_weights(source)
     if w.activations != "none":
         raise GemmaEdgeError(f"{source}: recipe quantizes activations ({w.activations}); ONNX export takes "
@@ -455,7 +458,7 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
         models["embedding.onnx"] = build_embedding_graph(w, vision.config.image_token_id)
         settings = settings_for(source, vision.config.image_size)
         metadata["vision"] = vision_metadata(vision.config, settings)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[source]) as tmp:
         for name, model in models.items():
             ir.save(model, tmp / name, external_data=name + ".data")
             onnx.checker.check_model(str(tmp / name), full_check=False)

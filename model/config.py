@@ -12,6 +12,9 @@ from .errors import GemmaEdgeError
 
 SLIDING = "sliding_attention"
 GLOBAL = "full_attention"
+MODEL_TYPES = ("gemma3_text", "gemma3")  # Gemma 3 text decoders and multimodal checkpoints
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                  "head_dim", "sliding_window", "max_position_embeddings")
 
 # Gemma3TextConfig defaults in transformers: a config.json may leave any of these out.
 _HF_DEFAULTS: dict[str, Any] = {
@@ -76,7 +79,12 @@ class GemmaConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [f"{name}={getattr(self, name)!r} must be a positive integer" for name in _POSITIVE_INTS
+                    if type(getattr(self, name)) is not int or getattr(self, name) < 1]
+        problems += [f"{name}={getattr(self, name)!r} must be positive" for name in ("rms_norm_eps", "query_pre_attn_scalar")
+                     if not getattr(self, name) > 0]
+        if problems:  # the checks below divide by these
+            raise GemmaEdgeError("invalid Gemma 3 config: " + "; ".join(problems))
         if len(self.layer_types) != self.num_layers:
             problems.append(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
         bad = sorted(set(self.layer_types) - {SLIDING, GLOBAL})
@@ -86,8 +94,9 @@ class GemmaConfig:
             problems.append(f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             problems.append(f"head_dim={self.head_dim} must be even for RoPE")
-        if self.sliding_window < 1:
-            problems.append(f"sliding_window={self.sliding_window} must be positive")
+        ids = (self.bos_token_id, self.pad_token_id, *self.eos_token_ids)
+        if not self.eos_token_ids or any(type(i) is not int or not 0 <= i < self.vocab_size for i in ids):
+            problems.append(f"special token ids {list(ids)} must lie in the vocabulary (0..{self.vocab_size - 1})")
         if self.attn_logit_softcapping is not None:
             problems.append("attn_logit_softcapping is Gemma 2's; Gemma 3 has no attention soft-cap (set it to null)")
         if self.hidden_activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
@@ -110,37 +119,44 @@ class GemmaConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> "GemmaConfig":
         """Read a Gemma 3 text config, or the `text_config` of a multimodal (4B+) config."""
+        if not isinstance(d, dict):
+            raise GemmaEdgeError(f"config.json holds a JSON {type(d).__name__}, not an object")
+        if d.get("model_type", MODEL_TYPES[0]) not in MODEL_TYPES:
+            raise GemmaEdgeError(f"model_type {d['model_type']!r} is not Gemma 3 (expected one of {MODEL_TYPES})")
         image_token = next((d[k] for k in ("image_token_id", "image_token_index") if d.get(k) is not None), None)
         if "text_config" in d:
             d = d["text_config"] or {}
+            if not isinstance(d, dict):
+                raise GemmaEdgeError("text_config is not a JSON object")
         d = {**_HF_DEFAULTS, **{k: v for k, v in d.items() if v is not None or k.endswith("softcapping")}}
-        n = int(d["num_hidden_layers"])
+        n = _whole(d, "num_hidden_layers")
         layer_types = d.get("layer_types") or gemma3_layer_types(n, int(d.get("sliding_window_pattern", 6)))
         local, global_ = _read_rope(d)
         eos = d["eos_token_id"]
-        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+        eos_ids = tuple(_whole({"eos_token_id": e}, "eos_token_id")
+                        for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
         return cls(
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            intermediate_size=int(d["intermediate_size"]),
+            vocab_size=_whole(d, "vocab_size"),
+            hidden_size=_whole(d, "hidden_size"),
+            intermediate_size=_whole(d, "intermediate_size"),
             num_layers=n,
-            num_heads=int(d["num_attention_heads"]),
-            num_kv_heads=int(d["num_key_value_heads"]),
-            head_dim=int(d["head_dim"]),
-            sliding_window=int(d["sliding_window"]),
+            num_heads=_whole(d, "num_attention_heads"),
+            num_kv_heads=_whole(d, "num_key_value_heads"),
+            head_dim=_whole(d, "head_dim"),
+            sliding_window=_whole(d, "sliding_window"),
             layer_types=tuple(layer_types),
             rope_local=local,
             rope_global=global_,
             query_pre_attn_scalar=float(d["query_pre_attn_scalar"]),
             rms_norm_eps=float(d["rms_norm_eps"]),
-            max_position_embeddings=int(d["max_position_embeddings"]),
+            max_position_embeddings=_whole(d, "max_position_embeddings"),
             tie_word_embeddings=bool(d["tie_word_embeddings"]),
             attn_logit_softcapping=d["attn_logit_softcapping"],
             final_logit_softcapping=d["final_logit_softcapping"],
             hidden_activation=str(d["hidden_activation"]),
-            bos_token_id=int(d["bos_token_id"]),
+            bos_token_id=_whole(d, "bos_token_id"),
             eos_token_ids=eos_ids,
-            pad_token_id=int(d["pad_token_id"]),
+            pad_token_id=_whole(d, "pad_token_id"),
             image_token_id=None if image_token is None else int(image_token),
         )
 
@@ -186,17 +202,27 @@ class GemmaConfig:
             d = json.loads(path.read_text())
         except FileNotFoundError:
             raise GemmaEdgeError(f"{path}: no config.json; an HF checkpoint folder needs one") from None
-        except json.JSONDecodeError as e:
+        except IsADirectoryError:
+            raise GemmaEdgeError(f"{path}: is a folder, not a file; restore config.json from the checkpoint") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise GemmaEdgeError(f"{path}: not valid JSON ({e}); restore the file from the checkpoint") from None
         try:
             return cls.from_hf_dict(d)
         except GemmaEdgeError as e:
             raise GemmaEdgeError(f"{path}: {e}") from None
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, ArithmeticError) as e:
             raise GemmaEdgeError(f"{path}: unreadable Gemma 3 config ({e!r})") from None
 
     def replace(self, **changes: Any) -> "GemmaConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _whole(d: dict[str, Any], key: str) -> int:
+    """An integer field of config.json: an int, or a float with no fraction (64.7 is refused, not cut)."""
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise GemmaEdgeError(f"{key}={v!r} must be an integer")
+    return int(v)
 
 
 def _int_if_whole(x: float) -> int | float:

@@ -76,9 +76,9 @@ def read_state_dict(folder: Path, dtype: torch.dtype = torch.float32, vision: bo
                     ours = rename(name)
                     if ours is not None:
                         state[ours] = f.get_tensor(name).to(dtype)
-        except SafetensorError as e:
-            raise GemmaEdgeError(f"{path}: truncated or corrupt safetensors file ({e}); "
-                                 "download or convert the checkpoint again") from None
+        except (SafetensorError, OSError) as e:
+            what = "is a folder, not a safetensors file" if path.is_dir() else f"truncated or corrupt safetensors file ({e})"
+            raise GemmaEdgeError(f"{path}: {what}; download or convert the checkpoint again") from None
     return state
 
 
@@ -107,13 +107,21 @@ def check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     model.load_state_dict(state, strict=True)
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, its I/O failures (a full disk) raised as the OSError they are."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        raise OSError(f"writing {path.name} failed ({e})") from None
+
+
 def write_hf_folder(folder: Path, config: GemmaConfig, state: dict[str, torch.Tensor],
                     tokenizer_model: bytes | None, dtype: torch.dtype = torch.float32) -> None:
     """Write config.json, model.safetensors (HF names) and tokenizer.model into an existing folder."""
     (folder / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
     tensors = {("lm_head.weight" if k == "lm_head.weight" else f"model.{k}"): v.to(dtype).contiguous()
                for k, v in sorted(state.items())}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     if tokenizer_model is not None:
         (folder / "tokenizer.model").write_bytes(tokenizer_model)
         special = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output_path
 from .config import GemmaConfig
 from .errors import GemmaEdgeError
 from .gemma import Gemma
@@ -59,6 +59,8 @@ def read_checkpoint(path: str | Path, progress: bool = True) -> tuple[GemmaConfi
     config = GemmaConfig.from_json_file(path / "config.json")
     state = read_state_dict(path)
     tok = path / "tokenizer.model"
+    if tok.exists() and not tok.is_file():
+        raise GemmaEdgeError(f"{tok}: is a folder, not a file; copy the checkpoint's tokenizer.model here")
     return config, state, tok.read_bytes() if tok.exists() else None
 
 
@@ -78,7 +80,7 @@ def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = 
     model = Gemma(config, max_seq_len=seq, dtype=dtype)
     check_and_load(model, {k: v.to(dtype) for k, v in state.items()}, path)
     model.eval()
-    tokenizer = Tokenizer(tok_bytes, str(path / "tokenizer.model")) if tok_bytes is not None else None
+    tokenizer = Tokenizer(tok_bytes, str(path / "tokenizer.model"), config.bos_token_id) if tok_bytes is not None else None
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise GemmaEdgeError(f"{path}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
                              f"vocabulary is {config.vocab_size}; use the tokenizer that came with the weights")
@@ -122,8 +124,9 @@ def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, activation
 def convert(src: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False,
             progress: bool = True) -> Path:
     """Write `src` (GGUF or folder) as an HF folder that transformers' Gemma3ForCausalLM loads."""
+    check_output_path(out, [src], overwrite)
     config, state, tok_bytes = read_checkpoint(src, progress=progress)
     check_and_load(Gemma(config, max_seq_len=1), state, Path(src))  # fail before writing anything
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[src]) as tmp:
         write_hf_folder(tmp, config, state, tok_bytes, dtype=dtype)
     return Path(out)

@@ -61,10 +61,12 @@ def sentencepiece_model_from_vocab(pieces: Sequence[str], scores: Sequence[float
 
 
 class Tokenizer:
-    """A SentencePiece model plus Gemma's special ids; encode adds BOS by default."""
+    """A SentencePiece model plus Gemma's special ids; encode adds BOS by default. `bos_id`: the model's
+    BOS (config.json) for a tokenizer.model rebuilt without one (SentencePiece then answers -1)."""
 
-    def __init__(self, model_bytes: bytes, source: str = "tokenizer.model"):
+    def __init__(self, model_bytes: bytes, source: str = "tokenizer.model", bos_id: int | None = None):
         self.serialized = model_bytes
+        self.source = source
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.LoadFromSerializedProto(model_bytes)
@@ -72,6 +74,8 @@ class Tokenizer:
             raise GemmaEdgeError(f"{source}: not a SentencePiece model ({e})") from None
         self.vocab_size = self.sp.GetPieceSize()
         self.bos_id, self.eos_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
+        if self.bos_id < 0 and bos_id is not None:
+            self.bos_id = bos_id
         self.end_of_turn_id = self._id_or_none(END_OF_TURN)
         self.start_of_turn_id = self._id_or_none(START_OF_TURN)
 
@@ -82,6 +86,8 @@ class Tokenizer:
             return cls(path.read_bytes(), str(path))
         except FileNotFoundError:
             raise GemmaEdgeError(f"{path}: no tokenizer.model; copy the checkpoint's tokenizer.model here") from None
+        except IsADirectoryError:
+            raise GemmaEdgeError(f"{path}: is a folder, not a file; copy the checkpoint's tokenizer.model here") from None
 
     def _id_or_none(self, piece: str) -> int | None:
         i = self.sp.PieceToId(piece)
@@ -93,6 +99,9 @@ class Tokenizer:
         return tuple(i for i in (self.eos_id, self.end_of_turn_id) if i is not None and i >= 0)
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        if add_bos and self.bos_id < 0:
+            raise GemmaEdgeError(f"{self.source}: has no <bos> id and none was given (config.json bos_token_id); "
+                                 "use the checkpoint's own tokenizer.model")
         ids = self.sp.EncodeAsIds(text)
         return [self.bos_id, *ids] if add_bos else ids
 

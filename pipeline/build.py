@@ -188,22 +188,28 @@ def artifact_digest(folder: Path) -> str:
 
 def parity(artifact: str | Path, against: str = "quantized", source: str | Path | None = None,
            prompts: list[tuple] | None = None, image_prompts: list[tuple] | None = None,
-           cache: BuildCache | bool = True):
+           cache: BuildCache | bool = True, verify: bool = True):
     """`runtimes.parity.run_parity`, its report cached by the content of the artifact, the reference, the
-    prompts and the thresholds (a CI job that re-checks an unchanged model takes seconds)."""
+    prompts and the thresholds (a CI job that re-checks an unchanged model takes seconds). With `verify`
+    the artifact's files are checked against its manifest first, cache or not."""
+    from gemma_edge.export.manifest import verify_artifact
     from gemma_edge.runtimes.parity import ParityReport, load_thresholds, reference_path, run_parity
 
     artifact = Path(artifact)
+    if verify:
+        verify_artifact(artifact)
     store = _cache(cache)
     if store is None:
-        return run_parity(artifact, against=against, source=source, prompts=prompts, image_prompts=image_prompts)
+        return run_parity(artifact, against=against, source=source, prompts=prompts, image_prompts=image_prompts,
+                          verify=False)
     reference = reference_path(artifact, against, source)
     key_inputs = {"artifact": artifact_digest(artifact), "reference": content_digest(reference), "against": against,
                   "thresholds": load_thresholds(), "prompts": _prompt_digest(prompts),
                   "image_prompts": _prompt_digest(image_prompts)}
 
     def make(folder: Path) -> None:
-        report = run_parity(artifact, against=against, source=reference, prompts=prompts, image_prompts=image_prompts)
+        report = run_parity(artifact, against=against, source=reference, prompts=prompts, image_prompts=image_prompts,
+                            verify=False)
         folder.mkdir()
         (folder / "report.json").write_text(json.dumps(report.to_dict(), sort_keys=True) + "\n")
 

@@ -4,44 +4,55 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from gemma_edge.model.errors import GemmaEdgeError
 
+MODEL_SUFFIXES = (".pte", ".onnx", ".data")  # the files that hold a model (ONNX keeps weights beside the graph)
+
 
 def artifact_files(folder: str | Path) -> list[Path]:
-    """The files that hold an exported model (ONNX keeps its weights beside the graph; a GGUF is one file)."""
+    """The files that hold an exported model, the main one first (a GGUF is one file)."""
     folder = Path(folder)
     if folder.suffix == ".gguf" and folder.is_file():
         return [folder]
-    if (folder / "model.pte").is_file():
-        return [folder / "model.pte"]
-    if (folder / "model.onnx").is_file():
-        return [p for p in (folder / "model.onnx", folder / "model.onnx.data") if p.is_file()]
-    raise GemmaEdgeError(f"{folder}: neither model.pte nor model.onnx (nor a .gguf file); pass a folder written by "
-                         "gemma-edge export")
+    from gemma_edge.export.manifest import read_manifest
+
+    if not (folder / "model.pte").is_file() and not (folder / "model.onnx").is_file():
+        raise GemmaEdgeError(f"{folder}: neither model.pte nor model.onnx (nor a .gguf file); pass a folder written "
+                             "by gemma-edge export")
+    manifest = read_manifest(folder)
+    names = [manifest["artifact"]] + sorted(n for n in manifest.get("files", {})
+                                           if n.endswith(MODEL_SUFFIXES) and n != manifest["artifact"])
+    return [folder / n for n in names if (folder / n).is_file()]
 
 
 def artifact_vision(folder: str | Path) -> dict | None:
     """manifest.json's `metadata.vision` of an exported folder: what a multimodal artifact needs to preprocess
     images and build the prompt (None for a text-only artifact)."""
-    import json
+    from gemma_edge.export.manifest import read_manifest
 
-    manifest = Path(folder) / "manifest.json"
-    if not manifest.exists():
+    if not (Path(folder) / "manifest.json").exists():
         return None
-    return json.loads(manifest.read_text()).get("metadata", {}).get("vision")
+    return read_manifest(folder).get("metadata", {}).get("vision")
 
 
-def open_runner(folder: str | Path, threads: int | None = None):
+def open_runner(folder: str | Path, threads: int | None = None, verify: bool = True):
     """A prefill/decode runner for an exported folder: ExecuTorch for model.pte, ONNX Runtime for model.onnx,
     llama.cpp for a .gguf file (when llama-cpp-python is installed). A multimodal export (its manifest
-    describes the vision input) gets the multimodal runner, whose `images` attribute takes pixels."""
+    describes the vision input) gets the multimodal runner, whose `images` attribute takes pixels. With
+    `verify`, every file is first checked against the sha256 in manifest.json."""
     files = artifact_files(folder)
     if files[0].suffix == ".gguf":
         from .llamacpp_runner import LlamaCppRunner
 
         return LlamaCppRunner(files[0], threads=threads)
+    if verify:
+        from gemma_edge.export.manifest import verify_artifact
+
+        verify_artifact(folder)
     multimodal = artifact_vision(folder) is not None
     if files[0].suffix == ".pte":
         from .executorch_runner import ExecuTorchMultimodalRunner, ExecuTorchRunner
@@ -50,3 +61,16 @@ def open_runner(folder: str | Path, threads: int | None = None):
     from .onnx_runner import OnnxMultimodalRunner, OnnxRunner
 
     return OnnxMultimodalRunner(folder, threads=threads) if multimodal else OnnxRunner(folder, threads=threads)
+
+
+def probe(folder: str | Path, timeout: float = 600) -> None:
+    """Load the artifact and run one token in a separate process: a damaged program can abort its runtime
+    (ExecuTorch terminates on some malformed files), which must fail a check, not end the caller."""
+    proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.probe", str(folder)], capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = lines[-1] if lines else f"exit status {proc.returncode}"
+        if proc.returncode < 0:
+            reason = f"the runtime died with signal {-proc.returncode} ({reason})"
+        raise GemmaEdgeError(f"{folder}: the runtime cannot load or run this artifact: {reason}")

@@ -50,7 +50,7 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
     baseline = _rss_mib()
     from . import open_runner
 
-    runner = open_runner(artifact_dir, threads=threads)
+    runner = open_runner(artifact_dir, threads=threads, verify=False)  # the parent verified it
     ordinary = runner.vocab_size - 1000 if runner.vocab_size > 2000 else runner.vocab_size - 7
     first = 1000 if runner.vocab_size > 2000 else 7  # past the special tokens
     prompt = [2] + [first + (i * 7919) % ordinary for i in range(prompt_len - 1)]  # fixed ordinary ids
@@ -67,17 +67,23 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
 
 
 def bench(artifact_dir: str | Path, prompt_len: int = 512, decode_tokens: int = 64, runs: int = 3,
-          threads: int = 2) -> dict:
+          threads: int = 2, verify: bool = True) -> dict:
+    """Medians over `runs` fresh processes; an exported folder is first checked against its manifest."""
     from . import artifact_files
 
     artifact_dir = Path(artifact_dir)
     files = artifact_files(artifact_dir)
+    if verify and files[0].suffix != ".gguf":
+        from gemma_edge.export.manifest import verify_artifact
+
+        verify_artifact(artifact_dir)
     results = []
     for _ in range(runs):
         proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", str(artifact_dir), str(prompt_len),
                                str(decode_tokens), str(threads)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise GemmaEdgeError(f"{files[0]}: benchmark run failed: {proc.stderr.strip().splitlines()[-1:]}")
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise GemmaEdgeError(f"{files[0]}: benchmark run failed: {last}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     summary = {k: statistics.median(r[k] for r in results) for k in results[0]}
     summary.update(file_mib=sum(f.stat().st_size for f in files) / 2**20, runs=runs, threads=threads,

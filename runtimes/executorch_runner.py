@@ -24,6 +24,16 @@ def load_executorch_kernels() -> None:
         raise GemmaEdgeError(f"ExecuTorch is not installed ({e}); run: pip install 'gemma-edge[export]'") from None
 
 
+def check_pte_header(pte: Path) -> None:
+    """An ExecuTorch program starts with a flatbuffer offset and the identifier ET12 (then the extended
+    header eh00): anything else is refused here, before the runtime (which may abort on it) sees it."""
+    with open(pte, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[4:8] != b"ET12":
+        raise GemmaEdgeError(f"{pte}: not an ExecuTorch program (no ET12 identifier); export it again with "
+                             "gemma-edge export pte")
+
+
 def load_program(pte: str | Path):
     """An `executorch.runtime` program with the kernels registered, or a one-line error naming the file."""
     load_executorch_kernels()
@@ -32,7 +42,11 @@ def load_program(pte: str | Path):
     pte = Path(pte)
     if not pte.is_file():
         raise GemmaEdgeError(f"{pte}: no such .pte file")
-    return Runtime.get().load_program(str(pte))
+    check_pte_header(pte)
+    try:
+        return Runtime.get().load_program(str(pte))
+    except RuntimeError as e:
+        raise GemmaEdgeError(f"{pte}: ExecuTorch cannot load it ({e}); export it again") from None
 
 
 class ExecuTorchRunner:
@@ -82,6 +96,7 @@ class StockTextRunner:
         from executorch.extension.llm.runner import TextLLMRunner
 
         folder = Path(folder)
+        check_pte_header(folder / "model.pte")
         try:
             self.runner = TextLLMRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"))
         except RuntimeError as e:
@@ -167,6 +182,7 @@ def stock_multimodal_generate(folder: str | Path, segments: Sequence, pixels: to
                                                  make_token_input)
 
     folder = Path(folder)
+    check_pte_header(folder / "model.pte")
     try:
         runner = MultimodalRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"))
     except RuntimeError as e:

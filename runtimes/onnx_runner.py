@@ -15,19 +15,38 @@ from gemma_edge.model.generate import check_token_ids
 from . import artifact_vision
 
 
+def session(path: Path, threads: int | None):
+    """An ONNX Runtime CPU session, or a one-line error naming the file that would not load."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GemmaEdgeError(f"{path}: ONNX Runtime cannot load it ({first}); export it again") from None
+
+
+def _max_seq_len(folder: Path) -> int | None:
+    from gemma_edge.export.manifest import read_manifest
+
+    if not (folder / "manifest.json").exists():
+        return None
+    value = read_manifest(folder).get("metadata", {}).get("max_seq_len")
+    return int(value) if isinstance(value, int) else None
+
+
 class OnnxRunner:
     """prefill/decode over `model.onnx`; each call feeds the past caches and keeps the presents."""
 
     def __init__(self, folder: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
         path = Path(folder) / "model.onnx"
         if not path.exists():
             raise GemmaEdgeError(f"{path}: no model.onnx; export one with gemma-edge export onnx")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = session(path, threads)
+        self.max_seq_len = _max_seq_len(Path(folder))
         self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.kv_shape = {i.name: i.shape for i in self.session.get_inputs()}
         # present.{i}.key of one call is past_key_values.{i}.key of the next
@@ -43,6 +62,8 @@ class OnnxRunner:
     def run_inputs(self, first: dict[str, np.ndarray], length: int) -> torch.Tensor:
         """One decoder call on `length` new positions (`input_ids` or `inputs_embeds` in `first`), caches
         carried; logits [length, vocab] (sharing ONNX Runtime's output: copy the rows you keep)."""
+        if self.max_seq_len is not None and self.pos + length > self.max_seq_len:
+            raise GemmaEdgeError(f"{self.pos + length} tokens exceed the ONNX export's max_seq_len {self.max_seq_len}")
         feed = {**first, "attention_mask": np.ones((1, self.pos + length), np.int64), **self.past}
         logits, *presents = self.session.run(None, feed)
         self.past = dict(zip(self.carry, presents))
@@ -67,20 +88,13 @@ class OnnxMultimodalRunner:
     tokens of a session's first prefill, in order."""
 
     def __init__(self, folder: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
         folder = Path(folder)
         meta = artifact_vision(folder)
         missing = [n for n in ("vision.onnx", "embedding.onnx", "model.onnx") if not (folder / n).exists()]
         if missing or meta is None:
             raise GemmaEdgeError(f"{folder}: not a multimodal ONNX folder (no {', '.join(missing) or 'vision'} in its "
                                  "manifest); export a multimodal checkpoint with gemma-edge export onnx")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.vision, self.embedding = (ort.InferenceSession(str(folder / n), options,
-                                                            providers=["CPUExecutionProvider"])
-                                       for n in ("vision.onnx", "embedding.onnx"))
+        self.vision, self.embedding = (session(folder / n, threads) for n in ("vision.onnx", "embedding.onnx"))
         self.decoder = OnnxRunner(folder, threads)
         self.width = int(self.embedding.get_outputs()[0].shape[-1])  # hidden + 1 (image flag channel)
         self.image_token_id, self.tokens_per_image = meta["image_token_id"], meta["tokens_per_image"]

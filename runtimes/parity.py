@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from gemma_edge.export.manifest import read_manifest
+from gemma_edge.export.manifest import read_manifest, verify_artifact
+from gemma_edge.model.digest import content_digest
 from gemma_edge.model import Gemma, LoadedModel, ReferenceRunner, generate, load
 from gemma_edge.model.errors import GemmaEdgeError
 
@@ -119,9 +120,14 @@ def logit_metrics(ref: torch.Tensor, got: torch.Tensor, targets: Sequence[int]) 
         "top1": top1_agreement(ref, got),
         "top5": (top5_ref[:, :, None] == top5_got[:, None, :]).any(-1).double().mean().item(),
         "kl": (ref_logp.exp() * (ref_logp - got_logp)).sum(-1).mean().item(),
-        "perplexity_ref": math.exp(-ref_logp[:-1].gather(1, target).mean().item()),
-        "perplexity": math.exp(-got_logp[:-1].gather(1, target).mean().item()),
+        "perplexity_ref": _exp(-ref_logp[:-1].gather(1, target).mean().item()),
+        "perplexity": _exp(-got_logp[:-1].gather(1, target).mean().item()),
     }
+
+
+def _exp(x: float) -> float:
+    """exp that answers inf instead of raising OverflowError (a damaged artifact's perplexity)."""
+    return math.exp(x) if x < 709.0 else float("inf")
 
 
 @dataclass
@@ -181,15 +187,18 @@ class ParityReport:
         return "\n".join(lines) + "\n"
 
 
-def default_prompts(tokenizer, window: int) -> list[tuple[str, list[int]]]:
-    """Three short prompts (text, code, chat) and one natural passage longer than the sliding window."""
+def default_prompts(tokenizer, window: int, max_len: int | None = None) -> list[tuple[str, list[int]]]:
+    """Three short prompts (text, code, chat) and one natural passage longer than the sliding window (cut
+    to `max_len` tokens where the artifact's context is shorter)."""
     from gemma_edge.calibration.data import held_out_text
     from gemma_edge.model import format_chat
 
     texts = [("text", "The quick brown fox"), ("code", "def fibonacci(n):\n    "),
              ("chat", format_chat([{"role": "user", "content": "Name three rivers in Europe."}]))]
     out = [(name, tokenizer.encode(t)) for name, t in texts]
-    out.append((f"passage > window ({window + 64} tokens)", tokenizer.encode(held_out_text())[: window + 64]))
+    length = window + 64 if max_len is None else min(window + 64, max_len)
+    name = f"passage > window ({length} tokens)" if length > window else f"passage ({length} tokens: the context)"
+    out.append((name, tokenizer.encode(held_out_text())[:length]))
     return out
 
 
@@ -274,19 +283,19 @@ def load_thresholds(path: str | Path | None = None) -> dict:
 
 def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: list[tuple] | None = None,
                source: str | Path | None = None, thresholds: dict | None = None, runner=None,
-               image_prompts: list[tuple] | None = None) -> ParityReport:
+               image_prompts: list[tuple] | None = None, verify: bool = True) -> ParityReport:
     """Compare an exported folder with its reference (`against="quantized"`: the model it was exported
     from, built as the artifact computes) or with the float model (`against="float"`).
 
-    `prompts`: (name, token ids) pairs (default: three short prompts and a passage longer than the window);
-    `image_prompts`: (name, token ids, pixels) from `image_prompt_for` (default for a multimodal artifact:
-    one prompt on `colour_bar_card()`). `source` overrides the reference path (default: recorded in
-    manifest.json, and for "float", in the quantized checkpoint's source.json). `runner` overrides the
-    artifact's runner (tests plant faults)."""
-    from . import open_runner  # looked up at call time: tests replace it
-
+    `prompts`: (name, token ids) pairs (default: three short prompts and a passage longer than the window,
+    cut to the artifact's context); `image_prompts`: (name, token ids, pixels) from `image_prompt_for`
+    (default for a multimodal artifact: one prompt on `colour_bar_card()`). `source` overrides the reference
+    path (default: recorded in manifest.json, and for "float", in the quantized checkpoint's source.json).
+    `runner` overrides the artifact's runner (tests plant faults). `verify` checks every file against the
+    manifest first (a mismatch is an error). The verdict fails when the runtime cannot load or run the
+    artifact, when any metric is not finite, and when nothing was checked."""
     folder = Path(artifact_dir)
-    manifest = read_manifest(folder)
+    manifest = verify_artifact(folder) if verify and runner is None else read_manifest(folder)
     recipe = (manifest.get("recipe") or {}).get("name", "float32")
     source = reference_path(folder, against, source)
     table = thresholds or load_thresholds()
@@ -302,17 +311,31 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
         limits = table["quantization_loss"][gate]
         reference = load(source, progress=False)
     model, tokenizer = reference.model, reference.tokenizer
-    runner = runner or open_runner(folder, threads=torch.get_num_threads())
+    section = "fidelity" if against == "quantized" else "quantization_loss"
+    report = ParityReport(str(folder), against, str(source), f"{section}.{gate}", limits)
+    recorded = manifest["source"].get("sha256")
+    if against == "quantized" and isinstance(recorded, str) and content_digest(source) != recorded:
+        report.failures.append(f"the reference {source} is not the checkpoint this artifact was exported from "
+                               f"(content sha256 {content_digest(source)[:12]}…, manifest {recorded[:12]}…)")
+    if runner is None:
+        try:
+            runner = _open_checked(folder)
+        except GemmaEdgeError as e:
+            report.failures.append(str(e))
+            return report
     multimodal = hasattr(runner, "images")
-    prompts = list(prompts or default_prompts(tokenizer, reference.config.sliding_window))
+    context = artifact_max_seq_len(manifest) or reference.model.max_seq_len
+    prompts = list(prompts or default_prompts(tokenizer, reference.config.sliding_window, context - GREEDY_TOKENS))
     if image_prompts is None and multimodal:
         image_prompts = [image_prompt_for(folder, describe_images(1), [colour_bar_card()], name="image prompt (test card)")]
     prompts += image_prompts or []
     loop = _runtime_loop(folder, tokenizer) if against == "quantized" else None
-    section = "fidelity" if against == "quantized" else "quantization_loss"
-    report = ParityReport(str(folder), against, str(source), f"{section}.{gate}", limits)
     encoder = None
     for name, ids, *images in prompts:
+        if len(ids) + GREEDY_TOKENS > context:
+            report.failures.append(f"{name}: {len(ids)} tokens + {GREEDY_TOKENS} greedy exceed the artifact's "
+                                   f"max_seq_len {context}; pass shorter --prompts or export with a longer context")
+            continue
         pixels, features, prefill = (images or [None])[0], None, max(1, len(ids) // 2)
         if pixels is not None:
             if not multimodal:
@@ -326,22 +349,49 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
         if multimodal:
             runner.images = pixels
         ref = reference_logits(model, ids, prefill, features)
-        got = runner_logits(runner, ids, prefill)
-        metrics = logit_metrics(ref, got, ids[prefill:])
-        result = PromptResult(name, len(ids), prefill, metrics, greedy_tokens=0,
+        result = PromptResult(name, len(ids), prefill, {"finite": False}, greedy_tokens=0,
                               gated=against == "quantized" or len(ids) - prefill + 1 >= MIN_LOSS_POSITIONS)
-        if metrics["finite"]:
-            expected = generate(ReferenceRunner(model, features), ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
-            ours = generate(runner, ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
-            # equal continuations (both may stop early at <eos>) count as the full budget
-            result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
-            if loop is not None:
-                result.runtime_loop_agrees = _same_text(loop(ids, pixels), ours, tokenizer)
-            if gate == "int8_dynamic":
-                result.noise_floor = noise_floor(model, ids, prefill, base=ref, image_features=features)
+        try:
+            result.metrics = logit_metrics(ref, runner_logits(runner, ids, prefill), ids[prefill:])
+            if result.metrics["finite"]:
+                expected = generate(ReferenceRunner(model, features), ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
+                ours = generate(runner, ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
+                # equal continuations (both may stop early at <eos>) count as the full budget
+                result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
+                if loop is not None:
+                    result.runtime_loop_agrees = _same_text(loop(ids, pixels), ours, tokenizer)
+                if gate == "int8_dynamic":
+                    result.noise_floor = noise_floor(model, ids, prefill, base=ref, image_features=features)
+        except Exception as e:  # the runtime's own errors on this artifact: a failed check, reported
+            result.metrics["error"] = _first_line(e)
         report.prompts.append(result)
         report.failures += _check(result, limits)
+    if not any(p.gated and p.metrics["finite"] for p in report.prompts):
+        report.failures.append(f"nothing was checked: no prompt was run to the end with at least {MIN_LOSS_POSITIONS} "
+                               "scored positions (quantization loss is a statistic); pass longer --prompts")
     return report
+
+
+def _open_checked(folder: Path):
+    """The artifact's runner, after a separate process loaded it and ran one token (`runtimes.probe`): a
+    damaged .pte can abort ExecuTorch, which must fail the check rather than end this process."""
+    from . import open_runner, probe  # looked up at call time: tests replace open_runner
+
+    if (folder / "model.pte").exists():
+        probe(folder)
+    return open_runner(folder, threads=torch.get_num_threads(), verify=False)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def artifact_max_seq_len(manifest: dict) -> int | None:
+    """The context an artifact was exported for (the .pte's runner metadata, the ONNX folder's metadata)."""
+    meta = manifest.get("metadata", {})
+    value = meta.get("get_max_seq_len", meta.get("max_seq_len"))
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _same_text(printed: str, ours: list[int], tokenizer) -> bool:
@@ -366,8 +416,13 @@ def _vision_encoder(source: Path, activations: str | None):
 
 def _check(p: PromptResult, limits: dict) -> list[str]:
     m, fails = p.metrics, []
+    if "error" in m:
+        return [f"{p.name}: the runtime failed on this artifact ({m['error']})"]
     if not m["finite"]:
         return [f"{p.name}: NaN or Inf in the artifact's logits"]
+    unbounded = sorted(k for k, v in m.items() if isinstance(v, float) and not math.isfinite(v))
+    if unbounded:
+        return [f"{p.name}: {', '.join(unbounded)} not finite (the artifact's logits overflow the metric)"]
     if not p.gated:
         return []
 

@@ -94,7 +94,7 @@ def test_nan_in_one_logit_fails(tiny, clean_onnx, monkeypatch, tmp_path):
                 logits[5] = float("nan")
             return logits
 
-    monkeypatch.setattr("gemma_edge.runtimes.open_runner", lambda folder, threads=None: OneNaN(open_runner(folder)))
+    monkeypatch.setattr("gemma_edge.runtimes.open_runner", lambda folder, threads=None, **kw: OneNaN(open_runner(folder)))
     assert main(["parity", str(clean_onnx), "--report", str(tmp_path)]) == 1
     saved = json.loads((tmp_path / "parity.json").read_text())
     assert any("NaN or Inf" in f for f in saved["failures"])

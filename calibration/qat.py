@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
-from gemma_edge.model.gemma import DecoderLayer, Gemma, attention_mask, sdpa
+from gemma_edge.model.gemma import DecoderLayer, Gemma, attention_mask, heads_first, sdpa
 from gemma_edge.model.loader import LoadedModel
 
 from .checkpoint import QuantizedCheckpoint
@@ -144,7 +144,8 @@ class SequenceAttention(nn.Module):
         self.window = window
 
     def attend(self, q, k, v, input_pos: torch.Tensor, scale: float) -> torch.Tensor:
-        return sdpa(q, k, v, attention_mask(input_pos, input_pos, self.window), scale)
+        q, k, v = heads_first(q, k, v)
+        return sdpa(q, k, v, attention_mask(input_pos, input_pos, self.window), scale).transpose(1, 2)
 
 
 class CheckpointedLayer(nn.Module):

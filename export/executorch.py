@@ -16,8 +16,10 @@ A multimodal checkpoint gives instead the three methods of ExecuTorch's Multimod
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +49,12 @@ class ETFullCache(nn.Module):
         register_kv(self, (1, max_seq_len, num_kv_heads, head_dim), dtype)  # [batch, seq, heads, dim]
 
     def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
+        """q, k, v and the result in [B, T, heads, D], the fused ops' layout."""
         start = input_pos[0].item()
         torch._check(start >= 0)
         torch._check(start < self.max_seq_len)
-        torch.ops.llama.update_cache(k.transpose(1, 2).contiguous(), self.k, start)
-        torch.ops.llama.update_cache(v.transpose(1, 2).contiguous(), self.v, start)
-        q = q.transpose(1, 2).contiguous()
+        torch.ops.llama.update_cache(k, self.k, start)
+        torch.ops.llama.update_cache(v, self.v, start)
         if groups is None:  # text only: the kernel's causal path reads just the first start + T keys
             out = torch.ops.llama.custom_sdpa(q, self.k, self.v, start, None, 0.0, True, scale)
         else:  # image soft tokens: an explicit mask over the whole cache (the kernel then reads every slot)
@@ -60,7 +62,7 @@ class ETFullCache(nn.Module):
             key_group = full_cache_key_groups(groups, input_pos, self.max_seq_len)
             out = torch.ops.llama.custom_sdpa(q, self.k, self.v, 0, _float_mask(
                 attention_mask(input_pos, key_pos, None, groups, key_group)), 0.0, False, scale)
-        return out.transpose(1, 2)
+        return out
 
 
 def _float_mask(allowed: torch.Tensor) -> torch.Tensor:
@@ -69,18 +71,20 @@ def _float_mask(allowed: torch.Tensor) -> torch.Tensor:
 
 
 class RingMask:
-    """The sliding layers' mask over [ring before the call ++ new keys]: the same for every sliding layer
-    of a call, so `PteDecoder` / `PteTextDecoder` compute it once per call and each ring cache reads it
-    (rebuilt in every layer it cost 15-30 portable ops per layer and a step's time)."""
+    """The sliding layers' mask over [ring before the call ++ new keys] and the slots the new keys go to:
+    the same for every sliding layer of a call, so `PteDecoder` / `PteTextDecoder` compute them once per
+    call and each ring cache reads them (rebuilt in every layer they cost 15-30 portable ops per layer)."""
 
     def __init__(self, window: int):
         self.window = window
         self.mask: torch.Tensor | None = None
+        self.slots: torch.Tensor | None = None
 
     def compute(self, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> None:
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
         key_group = None if groups is None else ring_key_groups(groups, self.window)
         self.mask = _float_mask(attention_mask(input_pos, key_pos, self.window, groups, key_group))
+        self.slots = (input_pos % self.window)[None, :]  # later positions overwrite earlier ones
 
 
 class ETRingCache(nn.Module):
@@ -91,14 +95,12 @@ class ETRingCache(nn.Module):
         register_kv(self, (1, window, num_kv_heads, head_dim), dtype)
 
     def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
-        k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        """q, k, v and the result in [B, T, heads, D], the fused ops' layout."""
         keys, values = torch.cat((self.k, k), dim=1), torch.cat((self.v, v), dim=1)
-        out = torch.ops.llama.custom_sdpa(q.transpose(1, 2).contiguous(), keys, values, 0, self.shared.mask, 0.0,
-                                          False, scale)
-        slots = (input_pos % self.window)[None, :]
-        torch.ops.llama.update_cache_with_indices(k, self.k, 0, slots)
-        torch.ops.llama.update_cache_with_indices(v, self.v, 0, slots)
-        return out.transpose(1, 2)
+        out = torch.ops.llama.custom_sdpa(q, keys, values, 0, self.shared.mask, 0.0, False, scale)
+        torch.ops.llama.update_cache_with_indices(k, self.k, 0, self.shared.slots)
+        torch.ops.llama.update_cache_with_indices(v, self.v, 0, self.shared.slots)
+        return out
 
 
 class LinearMeanRMSNorm(RMSNorm):
@@ -110,11 +112,12 @@ class LinearMeanRMSNorm(RMSNorm):
         super().__init__(norm.weight.shape[0], norm.eps)
         dim = norm.weight.shape[0]
         self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim), persistent=False)
+        self.register_buffer("eps_bias", torch.full((1,), norm.eps), persistent=False)  # + eps inside the linear
         self.register_buffer("scale", 1.0 + norm.weight.detach().float(), persistent=False)  # the (1 + w), once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = as_dtype(x, torch.float32)
-        xf = xf * torch.rsqrt(F.linear(xf * xf, self.mean_weight) + self.eps)
+        xf = xf * torch.rsqrt(F.linear(xf * xf, self.mean_weight, self.eps_bias))
         return as_dtype(xf * self.scale, x.dtype)
 
 
@@ -243,6 +246,35 @@ def pte_methods(model: Gemma, vision: VisionEncoder | None = None) -> dict:
     }
 
 
+# The XNNPACK delegate's own passes that a text decoder's graph needs. The others rewrite ops it does not
+# contain (upsampling, batch norm, convolutions, PReLU, max-pool indices, padding, SDPA patterns, ReLU
+# fusion, long concatenations) yet each still re-runs every node of every delegate with symbolic shapes:
+# skipping them cut a tiny model's export by about 40% with the same program semantics (tests/
+# test_executorch_tiny.py checks the logits). Graphs with a vision tower keep them all.
+DECODER_XNNPACK_PASSES = ("XNNPACKRemoveCloneOpsTransform", "DimOrderOpsRevertPass", "ConvertToLinearPass",
+                          "PropagateCustomMetaPass", "ConstPropPass", "ChannelsLastTaggedReshapePass",
+                          "RemoveRedundantCopyPass")
+
+
+@contextlib.contextmanager
+def decoder_xnnpack_passes() -> Iterator[None]:
+    """Within this block, XNNPACK's preprocess runs only `DECODER_XNNPACK_PASSES` (in their usual order)."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    original = XNNPACKPassManager.__init__
+
+    def init(self, exported_program, passes=None):
+        original(self, exported_program, passes)
+        if not passes:
+            self.passes = [p for p in self.passes if p.__name__ in DECODER_XNNPACK_PASSES]
+
+    XNNPACKPassManager.__init__ = init
+    try:
+        yield
+    finally:
+        XNNPACKPassManager.__init__ = original
+
+
 def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
                  vision: VisionEncoder | None = None) -> bytes:
     """torch.export of each method (dynamic sequence length), XNNPACK partitioning, ExecuTorch program bytes."""
@@ -262,10 +294,11 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
             programs[name] = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=False)
     bar.update()
     bar.set_postfix_str("lower to XNNPACK")
-    edge = to_edge_transform_and_lower(
-        programs["forward"] if vision is None else programs, partitioner=[XnnpackPartitioner()],
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-        constant_methods=runner_metadata(model, stop_ids))
+    with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext():
+        edge = to_edge_transform_and_lower(
+            programs["forward"] if vision is None else programs, partitioner=[XnnpackPartitioner()],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            constant_methods=runner_metadata(model, stop_ids))
     bar.update()
     bar.set_postfix_str("ExecuTorch program")
     et = edge.to_executorch(ExecutorchBackendConfig(

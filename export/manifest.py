@@ -61,8 +61,9 @@ def _write(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def read_manifest(folder: str | Path) -> dict:
-    """The manifest of an exported folder, or a one-line error naming what is wrong with it."""
+def read_manifest(folder: str | Path, complete: bool = True) -> dict:
+    """The manifest of an exported folder, or a one-line error naming what is wrong with it. With `complete`
+    it must describe an artifact (its file, source and metadata); without, any JSON object will do."""
     path = Path(folder) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -70,8 +71,9 @@ def read_manifest(folder: str | Path) -> dict:
         raise GemmaEdgeError(f"{path}: missing; pass a folder written by gemma-edge export") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise GemmaEdgeError(f"{path}: not readable JSON ({e}); export the artifact again") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifact"), str) or \
-            not isinstance(manifest.get("source"), dict) or not isinstance(manifest.get("metadata", {}), dict):
+    if not isinstance(manifest, dict) or complete and (
+            not isinstance(manifest.get("artifact"), str) or not isinstance(manifest.get("source"), dict)
+            or not isinstance(manifest.get("metadata", {}), dict)):
         raise GemmaEdgeError(f"{path}: not a gemma-edge manifest (no artifact, source and metadata); "
                              "export the artifact again")
     return manifest

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_vision
+from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, fake_quantize_per_token_int8, is_vision
 from gemma_edge.calibration.formats import QTensor
 from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
 from gemma_edge.model.errors import GemmaEdgeError
@@ -54,9 +54,7 @@ class DynActIntLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = torch.ops.quantized_decomposed
-        s, zp = ops.choose_qparams_per_token_asymmetric(x, torch.int8)
-        x = ops.dequantize_per_token(ops.quantize_per_token(x, s, zp, -128, 127, torch.int8),
-                                     s, zp, -128, 127, torch.int8, torch.float32)
+        x = fake_quantize_per_token_int8(x)
         if self.group:
             w = ops.dequantize_per_channel_group(self.weight_int, self.scales, self.zeros, self.qmin, self.qmax,
                                                  torch.int8, self.group, torch.float32)
@@ -88,11 +86,6 @@ class QuantEmbedding(nn.Module):
         return op(self.weight_int, self.scales, None, self.qmin, self.qmax, tokens)
 
 
-def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent, _, leaf = dotted.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
 def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
     """The float architecture with every quantized weight replaced by its integer module."""
     register_quant_ops()
@@ -103,7 +96,7 @@ def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
         if name == EMBEDDING:
             model.embed_tokens = QuantEmbedding(q)
         else:
-            _set_module(model, name.removesuffix(".weight"), DynActIntLinear(q, name))
+            model.set_submodule(name.removesuffix(".weight"), DynActIntLinear(q, name))
     if LM_HEAD not in ckpt.quantized and EMBEDDING in ckpt.quantized:  # tied: one table, same integers
         model.lm_head = DynActIntLinear(ckpt.quantized[EMBEDDING], LM_HEAD)
     return model.eval()
@@ -116,5 +109,5 @@ def quantized_pte_vision(ckpt: QuantizedCheckpoint) -> VisionEncoder:
     for name, q in sorted(ckpt.quantized.items()):
         if is_vision(name):
             dotted = name.removesuffix(".weight")
-            _set_module(encoder, dotted, DynActIntLinear(q, name, encoder.get_submodule(dotted).bias))
+            encoder.set_submodule(dotted, DynActIntLinear(q, name, encoder.get_submodule(dotted).bias))
     return encoder.eval()

@@ -63,9 +63,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate=rotate_half) -> torch.Tensor:
-    """x: [B, heads, T, head_dim]; rotates the two halves of head_dim (`rotate`: an exporter may spell
-    rotate_half another way)."""
+    """x: [B, T, heads, head_dim], cos/sin [T, 1, head_dim]; rotates the two halves of head_dim (`rotate`:
+    an exporter may spell rotate_half another way)."""
     return x * as_dtype(cos, x.dtype) + rotate(x) * as_dtype(sin, x.dtype)
+
+
+def heads_first(*xs: torch.Tensor) -> list[torch.Tensor]:
+    """[B, T, heads, D] -> [B, heads, T, D]: the layer hands the caches the first; the reference caches and
+    SDPA use the second (ExecuTorch's fused ops take the first as it is)."""
+    return [x.transpose(1, 2) for x in xs]
 
 
 def sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -136,12 +142,14 @@ class FullKVCache(nn.Module):
         self.v.zero_()
 
     def attend(self, q, k, v, input_pos: torch.Tensor, scale: float, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """Store the new keys/values at their positions, then attend causally over the cache."""
+        """Store the new keys/values at their positions, then attend causally over the cache.
+        q, k, v and the result are [B, T, heads, D]."""
+        q, k, v = heads_first(q, k, v)
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         key_pos = torch.arange(self.k.shape[2], device=input_pos.device)
         key_group = None if groups is None else full_cache_key_groups(groups, input_pos, self.k.shape[2])
-        return sdpa(q, self.k, self.v, attention_mask(input_pos, key_pos, None, groups, key_group), scale)
+        return sdpa(q, self.k, self.v, attention_mask(input_pos, key_pos, None, groups, key_group), scale).transpose(1, 2)
 
 
 class RingKVCache(nn.Module):
@@ -162,6 +170,8 @@ class RingKVCache(nn.Module):
         self.v.zero_()
 
     def attend(self, q, k, v, input_pos: torch.Tensor, scale: float, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """q, k, v and the result are [B, T, heads, D]."""
+        q, k, v = heads_first(q, k, v)
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
         key_group = None if groups is None else ring_key_groups(groups, self.window)
         mask = attention_mask(input_pos, key_pos, self.window, groups, key_group)
@@ -170,7 +180,7 @@ class RingKVCache(nn.Module):
         slots = input_pos[-keep:] % self.window
         self.k.index_copy_(2, slots, k[:, :, -keep:])
         self.v.index_copy_(2, slots, v[:, :, -keep:])
-        return out
+        return out.transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -194,16 +204,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 groups: torch.Tensor | None = None):
-        b = x.shape[0]  # (-1 for the length: exporters keep such views static-shaped)
-        q = self.q_proj(x).view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        b = x.shape[0]  # [B, T, heads, D] throughout (-1 for the length: exporters keep such views static-shaped)
+        q = self.q_proj(x).view(b, -1, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, -1, self.num_kv_heads, self.head_dim)
         q = apply_rope(self.q_norm(q), cos, sin, self.rotate)
         k = apply_rope(self.k_norm(k), cos, sin, self.rotate)
         # Image groups only when there are images: QAT's cache takes none, and text-only graphs stay as they were.
         out = (self.cache.attend(q, k, v, input_pos, self.scale) if groups is None
                else self.cache.attend(q, k, v, input_pos, self.scale, groups))
-        return self.o_proj(out.transpose(1, 2).reshape(b, -1, self.num_heads * self.head_dim))
+        return self.o_proj(out.reshape(b, -1, self.num_heads * self.head_dim))
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -277,8 +287,8 @@ class Gemma(nn.Module):
     def hidden(self, x: torch.Tensor, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Embedded (and scaled) inputs [1, T, hidden] -> final-norm hidden states; QAT calls this directly.
         `groups` ([T], from `image_groups`) makes each image's positions attend to each other."""
-        local = rope_cos_sin(self.inv_freq_local, input_pos)
-        global_ = rope_cos_sin(self.inv_freq_global, input_pos)
+        local = [t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_local, input_pos)]  # [T, 1, head_dim]
+        global_ = [t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_global, input_pos)]
         for layer in self.layers:
             cos, sin = local if layer.is_sliding else global_
             x = layer(x, input_pos, cos, sin, groups)

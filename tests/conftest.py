@@ -12,7 +12,12 @@ import torch
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
 
 warnings.filterwarnings("ignore", message=".*not writable.*")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite's build cache is its own (kept between runs, apart from the user's): its entries are built by
+# the code under test.
+os.environ.setdefault("GEMMA_EDGE_CACHE", str(Path.home() / ".cache" / "gemma_edge_tests"))
+# pytest-xdist workers share the cores: one thread each (torch processes on 2 threads each slow each other by
+# far more than 2x here).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture

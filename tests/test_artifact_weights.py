@@ -14,7 +14,8 @@ from onnx import numpy_helper
 from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
 from gemma_edge.calibration.formats import unpack_int4
 
-pytestmark = pytest.mark.real
+# One xdist worker lowers the real .pte files (minutes each) and runs every test that reads them.
+pytestmark = [pytest.mark.real, pytest.mark.xdist_group("real-pte")]
 
 
 def _sha(data: bytes) -> str:

@@ -11,7 +11,8 @@ from gemma_edge.runtimes.executorch_runner import ExecuTorchRunner, StockTextRun
 from gemma_edge.runtimes.parity import (floor_tolerance, noise_floor, reference_for, reference_logits, runner_logits,
                                         top1_agreement)
 
-pytestmark = pytest.mark.real
+# One xdist worker lowers the real .pte files (minutes each) and runs every test that reads them.
+pytestmark = [pytest.mark.real, pytest.mark.xdist_group("real-pte")]
 
 MAX_SEQ_LEN = REAL_MAX_SEQ_LEN
 PROMPTS = REAL_PROMPTS

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from gemma_edge.cli.main import main
 from gemma_edge.export.executorch import export_pte
 from gemma_edge.export.onnx import export_onnx
-from gemma_edge.model import GemmaEdgeError
+from gemma_edge.model import GLOBAL, SLIDING, GemmaEdgeError
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
 from gemma_edge.runtimes import open_runner
 from gemma_edge.runtimes.parity import assert_parity, run_parity
@@ -44,8 +44,10 @@ def test_clean_exports_pass_and_the_report_names_every_metric(tiny, clean_onnx, 
     assert "KL(ref‖art)" in (tmp_path / "parity.md").read_text()
 
 
-def test_pte_with_one_layer_scaled_by_1_01_fails(tiny, tmp_path):
-    root, ckpt = tiny
+def test_pte_with_one_layer_scaled_by_1_01_fails(tmp_path):
+    """Two layers (sliding, global) keep the .pte's lowering short; the fault is in the global one."""
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny", tiny_config(sliding_window=W, num_kv_heads=2, num_layers=2,
+                                                                layer_types=(SLIDING, GLOBAL)))
     faulty = tmp_path / "faulty"
     shutil.copytree(ckpt, faulty)
     state = load_file(str(faulty / "model.safetensors"))
@@ -69,8 +71,9 @@ def test_onnx_with_window_511_instead_of_512_fails_only_past_the_window(tiny, cl
     onnx.save(model, str(tmp_path / "bad" / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
     short = tmp_path / "short.json"
     short.write_text(json.dumps(["The quick", "hello"]))  # with their continuations, inside the window
-    assert main(["parity", str(tmp_path / "bad"), "--prompts", str(short)]) == 0
-    report = run_parity(tmp_path / "bad")
+    # the fault is planted on purpose: --no-verify (and no cache: a patched artifact's report is no one's)
+    assert main(["parity", str(tmp_path / "bad"), "--prompts", str(short), "--no-verify", "--no-cache"]) == 0
+    report = run_parity(tmp_path / "bad", verify=False)
     assert not report.passed
     assert {f.split(":")[0] for f in report.failures} <= {p.name for p in report.prompts if p.tokens + 32 > W}
 
@@ -95,7 +98,7 @@ def test_nan_in_one_logit_fails(tiny, clean_onnx, monkeypatch, tmp_path):
             return logits
 
     monkeypatch.setattr("gemma_edge.runtimes.open_runner", lambda folder, threads=None, **kw: OneNaN(open_runner(folder)))
-    assert main(["parity", str(clean_onnx), "--report", str(tmp_path)]) == 1
+    assert main(["parity", str(clean_onnx), "--report", str(tmp_path), "--no-cache"]) == 1  # a patched runtime
     saved = json.loads((tmp_path / "parity.json").read_text())
     assert any("NaN or Inf" in f for f in saved["failures"])
     with pytest.raises(AssertionError, match="NaN or Inf"):
@@ -147,7 +150,7 @@ def test_runner_override_is_used(tiny, clean_onnx):
 def test_a_manifest_without_a_source_path_asks_for_one(clean_onnx, tmp_path):
     shutil.copytree(clean_onnx, tmp_path / "old")
     manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
-    del manifest["source"]["path"]
+    del manifest["source"]["path"], manifest["manifest_sha256"]  # as older exports wrote it
     (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(GemmaEdgeError, match="records no source path.*--source"):
         run_parity(tmp_path / "old")

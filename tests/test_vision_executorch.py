@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from gemma_edge.export.executorch import export_pte
 from gemma_edge.model import ReferenceRunner, generate
 from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_segments
 from gemma_edge.model.loader import load_vision
 from gemma_edge.runtimes.executorch_runner import ExecuTorchMultimodalRunner, stock_multimodal_generate
+from gemma_edge.pipeline.build import export
 from gemma_edge.runtimes.parity import image_prompt_for, run_parity
 from tiny_multimodal import TOKENS_PER_IMAGE, exported_tiny, photo, two_image_prompt
 
@@ -22,7 +22,8 @@ MAX_SEQ_LEN = 256
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    return exported_tiny(tmp_path_factory, "mm-pte", export_pte, MAX_SEQ_LEN)
+    return exported_tiny(tmp_path_factory, "mm-pte",
+                         lambda src, out, max_seq_len: export(src, out, "pte", max_seq_len=max_seq_len), MAX_SEQ_LEN)
 
 
 def _prompt(folder):
@@ -91,7 +92,7 @@ def test_text_only_export_leaves_the_vision_tower_out(exported, tmp_path, monkey
         return b"pte"
 
     monkeypatch.setattr(et, "lower_to_pte", fake_lower)
-    out = export_pte(folder, tmp_path / "text", max_seq_len=MAX_SEQ_LEN, text_only=True)
+    out = et.export_pte(folder, tmp_path / "text", max_seq_len=MAX_SEQ_LEN, text_only=True)  # patched: no cache
     assert lowered == {"methods": ["forward"], "vision": None}
     assert "vision" not in json.loads((out / "manifest.json").read_text())["metadata"]
 

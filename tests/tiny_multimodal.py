@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gemma_edge.model import GLOBAL, SLIDING
 from gemma_edge.model.tiny import tiny_config
 from gemma_edge.model.tokenizer import tiny_tokenizer_model
 
@@ -15,7 +16,7 @@ TOKENS_PER_IMAGE = 16  # 8x8 patches pooled 2x2: more than the tiny decoder's sl
 
 def write_tiny_multimodal(folder, seed: int = 0) -> dict:
     """A random Gemma3ForConditionalGeneration saved in HF layout; returns the special token ids."""
-    text = tiny_config().to_hf_dict()
+    text = tiny_config(num_layers=2, layer_types=(SLIDING, GLOBAL)).to_hf_dict()  # both cache kinds, quick to lower
     vocab = text["vocab_size"]
     ids = {"<start_of_image>": vocab, "<end_of_image>": vocab + 1, "<image_soft_token>": vocab + 2}
     text.update(vocab_size=vocab + 3, model_type="gemma3_text")

@@ -156,6 +156,16 @@ def format_chat(messages: Sequence[Message | dict], add_generation_prompt: bool 
     return "".join(out)
 
 
+def format_chat_continuation(content: str, unfed: str = "") -> str:
+    """The text a chat sends for its next user turn when the runner's KV cache already holds the
+    conversation (ExecuTorch's LlmModule keeps it between `generate` calls). ExecuTorch's runner feeds each
+    generated token to the model only when it generates the next one, so the reply's last token is emitted
+    but never cached: after a reply that ended at `<end_of_turn>` that is the marker this text starts with;
+    after a reply cut at the token limit (or stopped), `unfed` is that last token's text, sent again before
+    the turn is closed. Then the new user turn and the generation prompt."""
+    return f"{unfed}{END_OF_TURN}\n{START_OF_TURN}user\n{content.strip()}{END_OF_TURN}\n{START_OF_TURN}model\n"
+
+
 def tiny_tokenizer_model(extra_pieces: int = 96) -> bytes:
     """A small Gemma-shaped vocabulary (specials, 256 byte pieces, printable ASCII, a few merges) for tests."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", START_OF_TURN, END_OF_TURN]

@@ -25,6 +25,15 @@ from gemma_edge.model.digest import content_digest
 
 from .cache import BuildCache, default_cache
 
+# The gemma-edge packages each stage's output can depend on (its key covers their code): a stage imports
+# nothing downstream of it, and the pipeline's own code decides how each stage is called.
+STAGE_CODE = {
+    "convert": ("model", "pipeline"),
+    "quantize": ("model", "calibration", "pipeline"),
+    "export": ("model", "calibration", "export", "pipeline"),
+    "check": ("model", "calibration", "export", "runtimes", "pipeline"),  # parity reports, bench figures
+}
+
 KINDS = ("pte", "onnx")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,7 +44,7 @@ def _cache(cache: BuildCache | bool) -> BuildCache | None:
 
 def _stage(name: str, out: str | Path, inputs: Sequence[Path], options: dict,
            make: Callable[[Path, bool], object], cache: BuildCache | bool, overwrite: bool,
-           relocate: Callable[[Path], None] | None = None) -> Path:
+           code: tuple[str, ...], relocate: Callable[[Path], None] | None = None) -> Path:
     """Run stage `name` (or take it from the cache) and leave its output at `out`."""
     out = check_output_path(out, inputs, overwrite)
     store = _cache(cache)
@@ -43,7 +52,7 @@ def _stage(name: str, out: str | Path, inputs: Sequence[Path], options: dict,
         make(out, overwrite)
         return out
     key_inputs = {"options": options, "inputs": [content_digest(p) for p in inputs]}
-    cached, _ = store.get_or_build(name, key_inputs, lambda folder: make(folder, False))
+    cached, _ = store.get_or_build(name, key_inputs, lambda folder: make(folder, False), code)
     with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         shutil.copytree(cached, tmp, dirs_exist_ok=True)
         if relocate is not None:
@@ -61,7 +70,7 @@ def convert(source: str | Path, out: str | Path, dtype: str = "float32", cache: 
     source = resolve_model_path(source)
     return _stage("convert", out, [source], {"dtype": dtype},
                   lambda folder, ow: write_hf(source, folder, dtype=DTYPES[dtype], overwrite=ow, progress=progress),
-                  cache, overwrite)
+                  cache, overwrite, code=STAGE_CODE["convert"])
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
 
     return _stage("quantize", out, [source, *calibration.inputs],
                   {"recipe": recipe.to_dict(), "calibration": calibration.describe()}, make, cache, overwrite,
-                  relocate=lambda folder: record_source(folder, source))
+                  relocate=lambda folder: record_source(folder, source), code=STAGE_CODE["quantize"])
 
 
 def _load_for_calibration(source: Path, seq_len: int):
@@ -145,7 +154,7 @@ def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 20
         write(source, folder, max_seq_len=max_seq_len, overwrite=ow, text_only=text_only)
 
     return _stage(f"export-{kind}", out, [source], {"max_seq_len": max_seq_len, "text_only": text_only}, make,
-                  cache, overwrite, relocate=lambda folder: record_source(folder, source))
+                  cache, overwrite, relocate=lambda folder: record_source(folder, source), code=STAGE_CODE["export"])
 
 
 def build(source: str | Path, folder: str | Path, recipe: str | QuantRecipe | None = None,
@@ -213,7 +222,7 @@ def parity(artifact: str | Path, against: str = "quantized", source: str | Path 
         folder.mkdir()
         (folder / "report.json").write_text(json.dumps(report.to_dict(), sort_keys=True) + "\n")
 
-    cached, _ = store.get_or_build("parity", key_inputs, make)
+    cached, _ = store.get_or_build("parity", key_inputs, make, STAGE_CODE["check"])
     report = ParityReport.from_dict(json.loads((cached / "report.json").read_text()))
     return dataclasses.replace(report, artifact=str(artifact), reference=str(reference))
 
@@ -255,7 +264,7 @@ def bench_figures(artifact: str | Path, runs: int = 3, cache: BuildCache | bool 
 
     key_inputs = {"artifact": artifact_digest(Path(artifact)), "runs": runs, "host": host_description(),
                   "node": platform.node()}
-    cached, _ = store.get_or_build("bench", key_inputs, make)
+    cached, _ = store.get_or_build("bench", key_inputs, make, STAGE_CODE["check"])
     figures = json.loads((cached / "bench.json").read_text())
     figures["artifact"] = str(artifact_files(artifact)[0])  # where it lies now
     return figures

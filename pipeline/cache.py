@@ -35,7 +35,7 @@ from gemma_edge.model.errors import GemmaEdgeError
 # Libraries whose version can change what a stage writes or what a runtime computes.
 LIBRARIES = ("torch", "executorch", "onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai", "numpy", "safetensors",
              "sentencepiece", "gguf", "ml_dtypes", "transformers")
-_PACKAGES = ("model", "calibration", "export", "runtimes", "pipeline", "cli")
+PACKAGES = ("model", "calibration", "export", "runtimes", "pipeline", "cli")
 
 
 def _package_dir(package: str) -> Path:
@@ -44,12 +44,12 @@ def _package_dir(package: str) -> Path:
     return Path(importlib.import_module(f"gemma_edge.{package}").__file__).parent
 
 
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """sha256 of gemma-edge's own source (every .py and .json of its packages): any change to the code
-    changes every key."""
+@functools.lru_cache(maxsize=None)
+def code_digest(packages: tuple[str, ...] = PACKAGES) -> str:
+    """sha256 of gemma-edge's own source in `packages` (every .py and .json file): a stage's key names the
+    packages its output can depend on, and any change to them changes the key."""
     h = hashlib.sha256()
-    for package in _PACKAGES:
+    for package in packages:
         root = _package_dir(package)
         for p in sorted(root.rglob("*")):
             if p.suffix in (".py", ".json") and "__pycache__" not in p.parts:
@@ -91,8 +91,8 @@ class BuildCache:
 
     # ---- keys ------------------------------------------------------------------------------------
     @staticmethod
-    def key(stage: str, inputs: dict) -> str:
-        document = {"stage": stage, "inputs": inputs, "code": code_digest(), "environment": environment()}
+    def key(stage: str, inputs: dict, code: tuple[str, ...] = PACKAGES) -> str:
+        document = {"stage": stage, "inputs": inputs, "code": code_digest(code), "environment": environment()}
         return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
     # ---- lookup and store ------------------------------------------------------------------------
@@ -120,9 +120,11 @@ class BuildCache:
         os.utime(entry / "entry.json")  # least recently used goes first
         return output
 
-    def get_or_build(self, stage: str, inputs: dict, make: Callable[[Path], None]) -> tuple[Path, bool]:
-        """(output folder, hit). `make(folder)` writes the output into `folder`, which does not exist yet."""
-        key = self.key(stage, inputs)
+    def get_or_build(self, stage: str, inputs: dict, make: Callable[[Path], None],
+                     code: tuple[str, ...] = PACKAGES) -> tuple[Path, bool]:
+        """(output folder, hit). `make(folder)` writes the output into `folder`, which does not exist yet;
+        `code`: the gemma-edge packages the output depends on."""
+        key = self.key(stage, inputs, code)
         with self._lock(key):
             found = self.fetch(key)
             if found is not None:

@@ -257,8 +257,9 @@ def prompts_from_file(path: str | Path, tokenizer) -> list[tuple[str, list[int]]
 
 
 def _runtime_loop(folder: Path, tokenizer):
-    """The runtime's own generation loop: (prompt ids, pixels or None) -> the text of its greedy continuation.
-    Multimodal artifacts go through ExecuTorch's MultimodalRunner or genai's `gemma3` pipeline."""
+    """The runtime's own generation loop: (prompt ids, pixels or None) -> its greedy continuation, as text
+    (ExecuTorch's runners print text) or token ids (onnxruntime-genai hands them over). Multimodal artifacts
+    go through ExecuTorch's MultimodalRunner or genai's `gemma3` pipeline."""
     meta = artifact_vision(folder)
     if (folder / "model.pte").exists():
         from .executorch_runner import StockTextRunner, join_byte_pieces, stock_multimodal_generate
@@ -274,7 +275,7 @@ def _runtime_loop(folder: Path, tokenizer):
 
     genai = GenAIRunner(folder)
     soft = (lambda ids: sum(t == meta["image_token_id"] for t in ids)) if meta else (lambda ids: 0)
-    return lambda ids, pixels: tokenizer.decode(genai.generate(ids, GREEDY_TOKENS, pixels, soft(ids)))
+    return lambda ids, pixels: genai.generate(ids, GREEDY_TOKENS, pixels, soft(ids))
 
 
 def load_thresholds(path: str | Path | None = None) -> dict:
@@ -359,7 +360,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
                 # equal continuations (both may stop early at <eos>) count as the full budget
                 result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
                 if loop is not None:
-                    result.runtime_loop_agrees = _same_text(loop(ids, pixels), ours, tokenizer)
+                    result.runtime_loop_agrees = _same_continuation(loop(ids, pixels), ours, tokenizer)
                 if gate == "int8_dynamic":
                     result.noise_floor = noise_floor(model, ids, prefill, base=ref, image_features=features)
         except Exception as e:  # the runtime's own errors on this artifact: a failed check, reported
@@ -392,6 +393,17 @@ def artifact_max_seq_len(manifest: dict) -> int | None:
     meta = manifest.get("metadata", {})
     value = meta.get("get_max_seq_len", meta.get("max_seq_len"))
     return value if isinstance(value, int) and value > 0 else None
+
+
+def _same_continuation(printed: str | list[int], ours: list[int], tokenizer) -> bool:
+    """Does a runtime's own loop give our greedy tokens? Token ids are compared as they are (up to a final
+    stop id); printed text as `_same_text` does."""
+    if isinstance(printed, list):
+        def strip(t: list[int]) -> list[int]:
+            return t[:-1] if t and t[-1] in tokenizer.stop_ids else t
+
+        return strip(printed) == strip(ours)
+    return _same_text(printed, ours, tokenizer)
 
 
 def _same_text(printed: str, ours: list[int], tokenizer) -> bool:

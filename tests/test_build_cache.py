@@ -85,7 +85,7 @@ def test_a_change_to_gemma_edge_code_or_a_library_version_misses(store, tiny, tm
     from gemma_edge.pipeline import cache
 
     pipeline.convert(tiny, tmp_path / "a", cache=store, progress=False)
-    monkeypatch.setattr(cache, "code_digest", lambda: "edited")
+    monkeypatch.setattr(cache, "code_digest", lambda packages: "edited")
     pipeline.convert(tiny, tmp_path / "b", cache=store, progress=False)
     env = dict(cache.environment())
     monkeypatch.setattr(cache, "environment", lambda: {**env, "libraries": {**env["libraries"], "torch": "9.9"}})
@@ -102,7 +102,7 @@ def test_the_key_covers_every_gemma_edge_source_file(tmp_path, monkeypatch):
     before = cache.code_digest()
     cache.code_digest.cache_clear()
     root = tmp_path / "pkg"
-    for package in cache._PACKAGES:
+    for package in cache.PACKAGES:
         shutil.copytree(cache._package_dir(package), root / package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(cache, "_package_dir", lambda package: root / package)
     assert cache.code_digest() == before
@@ -110,6 +110,20 @@ def test_the_key_covers_every_gemma_edge_source_file(tmp_path, monkeypatch):
     (root / "export" / "onnx.py").write_text((root / "export" / "onnx.py").read_text() + "\n# edited\n")
     assert cache.code_digest() != before
     cache.code_digest.cache_clear()
+
+
+def test_a_stage_is_keyed_by_the_code_it_depends_on(store, tiny, tmp_path, monkeypatch):
+    """Editing the runtimes (downstream of export) leaves exports cached; editing export/ does not."""
+    from gemma_edge.pipeline import cache
+
+    real = cache.code_digest
+    pipeline.export(tiny, tmp_path / "a", "onnx", max_seq_len=32, cache=store)
+    monkeypatch.setattr(cache, "code_digest", lambda packages: real(packages) + ("x" if "runtimes" in packages else ""))
+    pipeline.export(tiny, tmp_path / "b", "onnx", max_seq_len=32, cache=store)
+    assert store.built == ["export-onnx"]
+    monkeypatch.setattr(cache, "code_digest", lambda packages: real(packages) + ("x" if "export" in packages else ""))
+    pipeline.export(tiny, tmp_path / "c", "onnx", max_seq_len=32, cache=store)
+    assert store.built == ["export-onnx"] * 2
 
 
 def test_a_flipped_byte_in_a_stored_output_is_detected_and_rebuilt(store, tiny, tmp_path):

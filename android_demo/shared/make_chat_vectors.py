@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gemma_edge.model import GemmaEdgeError, Tokenizer, format_chat
+from gemma_edge.model import GemmaEdgeError, Tokenizer, format_chat, format_chat_continuation
 
 OUT = Path(__file__).with_name("chat_vectors.json")
 
@@ -36,6 +36,11 @@ CONVERSATIONS: list[tuple[str, list[tuple[str, str]], bool]] = [
     ("history without generation prompt", [(U, "a"), (M, "b")], False),
     ("ends on a model turn, generation prompt added", [(U, "a"), (M, "b")], True),
 ]
+
+# Later turns of a chat that keeps the KV cache: the text sent for each new user message (after a reply that
+# ended at <end_of_turn>, or with the unfed last piece of a reply cut at the token limit).
+CONTINUATIONS = [("Which of them is the longest?", ""), ("  padded \n", ""), ("Übersetze: 猫 🐱", ""), ("", ""),
+                 ("And then?", " Rhine"), ("Go on", "\n")]
 
 ERRORS: list[tuple[str, list[tuple[str, str]]]] = [
     ("two user turns in a row", [(U, "a"), (U, "b")]),
@@ -67,7 +72,9 @@ def build(tokenizer: Tokenizer) -> dict:
                      "regenerate with python android_demo/shared/make_chat_vectors.py",
             "stop_markers": ["<end_of_turn>", "<eos>"],
             "python_whitespace": [c for c in range(0x110000) if chr(c).isspace()],
-            "vectors": vectors, "invalid": errors}
+            "vectors": vectors, "invalid": errors,
+            "continuations": [{"content": c, "unfed": u, "text": format_chat_continuation(c, u)}
+                              for c, u in CONTINUATIONS]}
 
 
 def render(vectors: dict) -> str:

@@ -48,6 +48,19 @@ public final class ChatTemplate {
   }
 
   /**
+   * The text for the next user turn of a chat whose KV cache already holds the conversation (LlmModule
+   * keeps it between {@code generate} calls); Python's {@code format_chat_continuation}. ExecuTorch's runner
+   * feeds each generated token only when it generates the next, so a reply's last token is emitted but
+   * never cached: after a reply that ended at {@code <end_of_turn>} that is the marker this text starts
+   * with; after a reply cut at the token limit or stopped, {@code unfed} is that last token's text, sent
+   * again before the turn is closed. Then the new user turn and the generation prompt.
+   */
+  public static String continuation(String userContent, String unfed) {
+    return unfed + END_OF_TURN + "\n" + START_OF_TURN + "user\n" + pythonStrip(userContent) + END_OF_TURN + "\n"
+        + START_OF_TURN + "model\n";
+  }
+
+  /**
    * Python's {@code str.strip()}: the template trims with it, and its whitespace set differs from
    * Java's {@code String.strip()} (Python also strips U+00A0, U+2007, U+202F and U+0085; Java does not).
    */

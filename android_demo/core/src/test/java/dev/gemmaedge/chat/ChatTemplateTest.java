@@ -29,6 +29,16 @@ public class ChatTemplateTest {
   }
 
   @Test
+  public void continuationsMatchPythonByteForByte() throws Exception {
+    List<Map<String, Object>> vectors = list("continuations");
+    assertTrue("too few continuations", vectors.size() >= 3);
+    for (Map<String, Object> v : vectors) {
+      assertEquals((String) v.get("content"), v.get("text"),
+          ChatTemplate.continuation((String) v.get("content"), (String) v.get("unfed")));
+    }
+  }
+
+  @Test
   public void formatsEverySharedVectorByteForByte() throws Exception {
     List<Map<String, Object>> vectors = list("vectors");
     assertTrue("too few vectors", vectors.size() >= 10);

@@ -1,0 +1,6 @@
+// Stand-in for the Android SDK (API 35 signatures); see ../README.md.
+package android.os;
+
+public final class Looper {
+  public static Looper getMainLooper() { throw new RuntimeException("stub"); }
+}

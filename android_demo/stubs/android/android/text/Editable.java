@@ -1,0 +1,4 @@
+// Stand-in for the Android SDK (API 35 signatures); see ../README.md.
+package android.text;
+
+public interface Editable extends CharSequence {}

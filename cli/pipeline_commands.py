@@ -23,8 +23,10 @@ def quickstart(out: Path, recipe: str = "int4-block32", runs: int = 3, cache: bo
     from gemma_edge.runtimes.parity import write_report
 
     start = time.time()
-    ours = (out / MARKER).is_file()
-    check_output_path(out, overwrite=ours)
+    check_output_path(out, overwrite=True)  # never the working directory, home, a file, ...
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise GemmaEdgeError(f"{out}: exists and is not a gemma-edge quickstart folder (no {MARKER}); choose "
+                             "another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"recipe": recipe}) + "\n")
 

@@ -93,6 +93,19 @@ def test_an_empty_output_path_is_refused_even_with_overwrite(tiny, tmp_path, cap
     assert (tmp_path / "keep.txt").read_text() == "keep"
 
 
+def test_the_quickstart_writes_only_into_its_own_folder(tmp_path, capsys, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    rc, err = run(capsys, "quickstart", "--out", mine)
+    assert rc == 2 and (mine / "notes.txt").read_text() == "mine" and len(list(mine.iterdir())) == 1
+    one_line(err, "not a gemma-edge quickstart folder")
+    monkeypatch.chdir(tmp_path)
+    rc, err = run(capsys, "quickstart", "--out", ".")
+    assert rc == 2
+    one_line(err, "current directory")
+
+
 def test_a_failed_swap_keeps_the_old_output_and_leaves_no_partial(tmp_path, monkeypatch):
     from gemma_edge.model import atomic
 

@@ -1,0 +1,89 @@
+"""Where a `.pte`'s resident memory goes under ExecuTorch's stock TextLLMRunner, measured in fresh processes.
+
+Run: python docs/figures/pte_memory.py PTE_FOLDER [PTE_FOLDER ...] [--prompt-len 512] [--decode 64]
+
+For each folder, a fresh process imports the runtime (baseline), constructs TextLLMRunner and generates one
+token (the program is loaded, XNNPACK has packed its weights), then prefills PROMPT_LEN tokens and decodes
+DECODE more. After loading it reads /proc/self/smaps: resident pages of the mapped model.pte (file-backed;
+TextLLMRunner's load mode maps and mlocks the whole file) and anonymous memory (XNNPACK's packed weights,
+the memory plan, the heap). The memory plan's size comes from the program itself (its non-constant
+buffers). Figures in MiB; the last column is the issue's ratio: peak above the baseline / file size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = r"""
+import json, sys
+from pathlib import Path
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+def smaps(path):
+    file_rss = anon = 0
+    current = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+            current = parts[5] if len(parts) > 5 else ""
+        elif parts[:1] == ["Rss:"] and current == path:
+            file_rss += int(parts[1])
+        elif parts[:1] == ["Anonymous:"]:
+            anon += int(parts[1])
+    return file_rss / 1024, anon / 1024
+
+folder, prompt_len, decode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+import executorch.extension.llm.custom_ops.custom_ops, executorch.kernels.quantized  # noqa: F401
+from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+pte = str((folder / "model.pte").resolve())
+out = {"baseline": status("VmRSS"), "baseline_anon": smaps(pte)[1]}
+runner = TextLLMRunner(pte, str(folder / "tokenizer.model"))
+runner.generate("Hello", GenerationConfig(echo=False, max_new_tokens=1, temperature=0.0, num_bos=1))
+runner.reset()
+out["after_load"] = status("VmRSS")
+out["file_rss"], out["anon"] = smaps(pte)
+prompt = " ".join(["river"] * (prompt_len - 1))
+runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=decode, temperature=0.0, num_bos=1))
+out["peak"] = status("VmHWM")
+print(json.dumps(out))
+"""
+
+PLAN = r"""
+import sys
+from executorch.exir._serialize._program import deserialize_pte_binary
+program = deserialize_pte_binary(open(sys.argv[1], "rb").read()).program
+plan = next(p for p in program.execution_plan if p.name == "forward")
+print(sum(plan.non_const_buffer_sizes) / 2**20)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=64)
+    args = ap.parse_args()
+    print("| artifact | file | baseline RSS | after load: total / mapped file / anonymous | memory plan | "
+          f"peak ({args.prompt_len} + {args.decode} tokens) | peak above baseline / file |")
+    print("|---|---|---|---|---|---|---|")
+    for folder in args.folders:
+        proc = subprocess.run([sys.executable, "-c", WORKER, str(folder), str(args.prompt_len), str(args.decode)],
+                              capture_output=True, text=True, check=True)
+        m = json.loads(proc.stdout.strip().splitlines()[-1])
+        plan = float(subprocess.run([sys.executable, "-c", PLAN, str(folder / "model.pte")], capture_output=True,
+                                    text=True, check=True).stdout.strip().splitlines()[-1])
+        size = (folder / "model.pte").stat().st_size / 2**20
+        print(f"| {folder.name} | {size:.1f} | {m['baseline']:.0f} | {m['after_load']:.0f} / {m['file_rss']:.0f} / "
+              f"{m['anon'] - m['baseline_anon']:.0f} | {plan:.0f} | {m['peak']:.0f} | "
+              f"{(m['peak'] - m['baseline']) / size:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

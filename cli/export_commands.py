@@ -23,18 +23,21 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from gemma_edge.model.bundled import resolve_model_path
-    from gemma_edge.runtimes.bench import bench
+    from gemma_edge.runtimes.bench import bench_side_by_side
 
-    targets = [args.artifact] + ([str(resolve_model_path(args.gguf))] if args.gguf else [])
-    reports = []
-    for target in targets:  # one after the other, never concurrently: they share the cores
-        r = bench(target, prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, runs=args.runs,
-                  threads=args.threads, verify=not args.no_verify)
-        reports.append(r)
-        print(f"{r['artifact']}  ({r['file_mib']:.1f} MiB, {r['threads']} threads, median of {r['runs']} runs)")
+    targets = [(args.artifact, "runner")] + ([(args.artifact, "stock")] if args.stock else []) + \
+        ([(str(resolve_model_path(args.gguf)), "runner")] if args.gguf else [])
+    reports = bench_side_by_side(targets, prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, runs=args.runs,
+                                 threads=args.threads, verify=not args.no_verify)
+    for r in reports:
+        how = " through ExecuTorch's TextLLMRunner" if r["mode"] == "stock" else ""
+        print(f"{r['artifact']}{how}  ({r['file_mib']:.1f} MiB, {r['threads']} threads, median of {r['runs']} runs)")
         print(f"  prefill  {r['prefill_tok_s']:8.1f} tok/s over {r['prompt_len']} tokens (time to first token {r['ttft_s']:.3f} s)")
         print(f"  decode   {r['decode_tok_s']:8.1f} tok/s after a {r['prompt_len']}-token prompt")
-        print(f"  peak RSS {r['peak_rss_mib']:8.1f} MiB (interpreter with torch before loading: {r['baseline_rss_mib']:.1f} MiB)")
+        print(f"  RSS      {r['after_load_rss_mib']:8.1f} MiB after load, {r['peak_rss_mib']:.1f} peak (interpreter "
+              f"before loading: {r['baseline_rss_mib']:.1f})")
+    if len(reports) > 1:
+        print("(runs alternate between the artifacts; the figures are medians)")
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, sort_keys=True))
 
@@ -63,10 +66,13 @@ def register(sub) -> None:
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of an artifact",
                     "Measure an exported folder in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "
                     "decode tok/s after it, time to first token, peak RSS; the median of --runs. With --gguf, the "
-                    "same for a GGUF through llama.cpp, after it.")
+                    "same for a GGUF through llama.cpp (and, with --stock, for the .pte through ExecuTorch's own "
+                    "TextLLMRunner), runs alternating between them.")
     p.add_argument("artifact", help="folder with model.pte or model.onnx")
     p.add_argument("--gguf", help="also measure this GGUF (or `bundled`) through llama-cpp-python, with the same "
                                   "protocol, side by side (needs pip install llama-cpp-python)")
+    p.add_argument("--stock", action="store_true", help="also measure a .pte through ExecuTorch's C++ TextLLMRunner "
+                                                        "(what Android's LlmModule wraps): RSS and its own rates")
     p.add_argument("--prompt-len", type=positive_int, default=512, help="prompt tokens, prefilled in one call")
     p.add_argument("--decode-tokens", type=positive_int, default=64, help="tokens decoded after the prompt")
     p.add_argument("--runs", type=positive_int, default=3, help="fresh processes measured; figures are their medians")

@@ -42,8 +42,22 @@ def host_description() -> dict:
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "system": platform.system()}
 
 
+def _current_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _prompt_ids(vocab_size: int, prompt_len: int) -> list[int]:
+    """BOS and fixed ordinary ids (past the special tokens): the same prompt for every runtime."""
+    ordinary = vocab_size - 1000 if vocab_size > 2000 else vocab_size - 7
+    first = 1000 if vocab_size > 2000 else 7
+    return [2] + [first + (i * 7919) % ordinary for i in range(prompt_len - 1)]
+
+
 def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
-    """One run: prefill `prompt_len` tokens in one call, then decode `decode_tokens` greedily."""
+    """One run through our runner: prefill `prompt_len` tokens in one call, then decode `decode_tokens` greedily."""
     import torch
 
     torch.set_num_threads(threads)
@@ -51,9 +65,8 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
     from . import open_runner
 
     runner = open_runner(artifact_dir, threads=threads, verify=False)  # the parent verified it
-    ordinary = runner.vocab_size - 1000 if runner.vocab_size > 2000 else runner.vocab_size - 7
-    first = 1000 if runner.vocab_size > 2000 else 7  # past the special tokens
-    prompt = [2] + [first + (i * 7919) % ordinary for i in range(prompt_len - 1)]  # fixed ordinary ids
+    after_load = _current_rss_mib()
+    prompt = _prompt_ids(runner.vocab_size, prompt_len)
     t0 = time.perf_counter()
     logits = runner.prefill(prompt)
     t1 = time.perf_counter()
@@ -63,34 +76,101 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
     t2 = time.perf_counter()
     return {"prefill_tok_s": prompt_len / (t1 - t0), "ttft_s": t1 - t0,
             "decode_tok_s": decode_tokens / (t2 - t1), "peak_rss_mib": _rss_mib(),
-            "baseline_rss_mib": baseline}
+            "after_load_rss_mib": after_load, "baseline_rss_mib": baseline}
+
+
+def _stock_prompt(tokenizer_model: Path, prompt_len: int) -> str:
+    """A text the runner will tokenize to at most `prompt_len` tokens with BOS ("a a a ...": one token per
+    word in Gemma's vocabulary; fewer words where a smaller vocabulary splits them)."""
+    from gemma_edge.model.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_file(tokenizer_model)
+    words = prompt_len - 1
+    while words > 1 and len(tokenizer.encode(" ".join(["a"] * words))) > prompt_len:
+        words -= 1
+    return " ".join(["a"] * words)
+
+
+def measure_stock(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
+    """One run through ExecuTorch's own C++ TextLLMRunner (what Android's LlmModule wraps) on a `.pte` folder:
+    RSS after it loaded the program and produced one token, then a `prompt_len`-token prompt (a repeated word,
+    tokenized by the runner) and up to `decode_tokens` more (it stops at an end token); rates from the runner's own stats, as it prints them."""
+    import json as json_
+
+    from .executorch_runner import load_executorch_kernels
+
+    load_executorch_kernels()
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    baseline = _rss_mib()
+    folder = Path(artifact_dir)
+    runner = TextLLMRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"))
+    runner.generate("Hello", GenerationConfig(echo=False, max_new_tokens=1, temperature=0.0, num_bos=1))
+    runner.reset()
+    after_load = _current_rss_mib()
+    stats: list = []
+    config = GenerationConfig(echo=False, max_new_tokens=decode_tokens + 1, temperature=0.0, num_bos=1)
+    runner.generate(_stock_prompt(folder / "tokenizer.model", prompt_len), config, token_callback=lambda _: None,
+                    stats_callback=stats.append)
+    s = json_.loads(stats[0].to_json_string())
+    prefill_ms = max(s["prompt_eval_end_ms"] - s["inference_start_ms"], 1)
+    decode_ms = max(s["inference_end_ms"] - s["prompt_eval_end_ms"], 1)
+    # generated_tokens counts the decode steps after the prompt's token, as the runner's own rates do
+    return {"prefill_tok_s": s["prompt_tokens"] / prefill_ms * 1000, "ttft_s": prefill_ms / 1000,
+            "decode_tok_s": s["generated_tokens"] / decode_ms * 1000, "peak_rss_mib": _rss_mib(),
+            "after_load_rss_mib": after_load, "baseline_rss_mib": baseline,
+            "stock_prompt_tokens": s["prompt_tokens"], "stock_decoded_tokens": s["generated_tokens"]}
+
+
+MEASURES = {"runner": measure, "stock": measure_stock}
+
+
+def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, threads: int) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", mode, str(target), str(prompt_len),
+                           str(decode_tokens), str(threads)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise GemmaEdgeError(f"{target}: benchmark run failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_side_by_side(targets: list[tuple[str | Path, str]], prompt_len: int = 512, decode_tokens: int = 64,
+                       runs: int = 3, threads: int = 2, verify: bool = True) -> list[dict]:
+    """Medians over `runs` fresh processes per (artifact, mode), mode "runner" (ours) or "stock" (ExecuTorch's
+    TextLLMRunner). Run i of every target comes before run i+1 of any, so drift of a shared host hits all of
+    them alike. Exported folders are first checked against their manifests."""
+    from . import artifact_files
+
+    for target, mode in targets:
+        if mode not in MEASURES:
+            raise GemmaEdgeError(f"unknown bench mode {mode!r}; one of {', '.join(MEASURES)}")
+        files = artifact_files(target)
+        if mode == "stock" and files[0].suffix != ".pte":
+            raise GemmaEdgeError(f"{target}: the stock runner measures a .pte folder only")
+        if verify and files[0].suffix != ".gguf":
+            from gemma_edge.export.manifest import verify_artifact
+
+            verify_artifact(target)
+    results: list[list[dict]] = [[] for _ in targets]
+    for _ in range(runs):
+        for i, (target, mode) in enumerate(targets):
+            results[i].append(_run_once(Path(target), mode, prompt_len, decode_tokens, threads))
+    summaries = []
+    for (target, mode), rs in zip(targets, results):
+        files = artifact_files(target)
+        summary = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        summary.update(file_mib=sum(f.stat().st_size for f in files) / 2**20, runs=runs, threads=threads,
+                       prompt_len=prompt_len, decode_tokens=decode_tokens, artifact=str(files[0]), mode=mode)
+        summaries.append(summary)
+    return summaries
 
 
 def bench(artifact_dir: str | Path, prompt_len: int = 512, decode_tokens: int = 64, runs: int = 3,
           threads: int = 2, verify: bool = True) -> dict:
-    """Medians over `runs` fresh processes; an exported folder is first checked against its manifest."""
-    from . import artifact_files
-
-    artifact_dir = Path(artifact_dir)
-    files = artifact_files(artifact_dir)
-    if verify and files[0].suffix != ".gguf":
-        from gemma_edge.export.manifest import verify_artifact
-
-        verify_artifact(artifact_dir)
-    results = []
-    for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", str(artifact_dir), str(prompt_len),
-                               str(decode_tokens), str(threads)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-            raise GemmaEdgeError(f"{files[0]}: benchmark run failed: {last}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    summary = {k: statistics.median(r[k] for r in results) for k in results[0]}
-    summary.update(file_mib=sum(f.stat().st_size for f in files) / 2**20, runs=runs, threads=threads,
-                   prompt_len=prompt_len, decode_tokens=decode_tokens, artifact=str(files[0]))
-    return summary
+    """Medians over `runs` fresh processes of one artifact through our runner."""
+    return bench_side_by_side([(artifact_dir, "runner")], prompt_len, decode_tokens, runs, threads, verify)[0]
 
 
 if __name__ == "__main__":  # the worker: one measurement, JSON on the last line
-    folder, plen, ntok, nthreads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(measure(Path(folder), plen, ntok, nthreads)))
+    mode, folder, plen, ntok, nthreads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    print(json.dumps(MEASURES[mode](Path(folder), plen, ntok, nthreads)))

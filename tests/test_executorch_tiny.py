@@ -136,9 +136,15 @@ def test_bench_reports_every_figure(tiny_export, capsys):
     from gemma_edge.cli.main import main
 
     _, folder = tiny_export
-    assert main(["bench", str(folder), "--prompt-len", "16", "--decode-tokens", "4", "--runs", "1", "--json"]) == 0
+    assert main(["bench", str(folder), "--stock", "--prompt-len", "16", "--decode-tokens", "4", "--runs", "1",
+                 "--json"]) == 0
     out = capsys.readouterr().out
-    report = json.loads(out[out.index("{"):])
-    for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mib", "file_mib"):
-        assert report[key] > 0, key
-    assert report["file_mib"] == pytest.approx((folder / "model.pte").stat().st_size / 2**20)
+    ours, stock = json.loads(out[out.index("["):])
+    assert (ours["mode"], stock["mode"]) == ("runner", "stock")
+    for report in (ours, stock):
+        for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mib", "after_load_rss_mib", "file_mib"):
+            assert report[key] > 0, key
+        assert report["baseline_rss_mib"] < report["after_load_rss_mib"] <= report["peak_rss_mib"]
+        assert report["file_mib"] == pytest.approx((folder / "model.pte").stat().st_size / 2**20)
+    # the stock runner tokenized the repeated word itself: BOS + 15 words, one token each
+    assert stock["stock_prompt_tokens"] == 16 and 1 <= stock["stock_decoded_tokens"] <= 4

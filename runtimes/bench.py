@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -130,6 +131,8 @@ def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, thre
                            str(decode_tokens), str(threads)], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        if proc.returncode < 0:  # e.g. SIGILL from a runtime built for another processor
+            last = f"the runtime died with signal {-proc.returncode} ({signal.Signals(-proc.returncode).name})"
         raise GemmaEdgeError(f"{target}: benchmark run failed: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -257,6 +257,20 @@ def test_random_bytes_as_a_pte_fail_without_crashing(onnx_dir, tmp_path, capsys)
     one_line(err, "model.pte")
 
 
+def test_a_runtime_killed_by_a_signal_is_named_in_one_line(onnx_dir, capsys, monkeypatch):
+    """A runtime built for another processor dies with SIGILL (seen with a native llama.cpp build): the bench
+    names the signal instead of the last line the runtime happened to log."""
+    from gemma_edge.runtimes import bench
+
+    def killed(args, **kwargs):
+        return subprocess.CompletedProcess(args, -signal.SIGILL, "", "llama_kv_cache: using full-size SWA cache\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", killed)
+    rc, err = run(capsys, "bench", onnx_dir, "--runs", "1")
+    assert rc == 2
+    one_line(err, str(onnx_dir), "signal 4", "SIGILL")
+
+
 @pytest.mark.parametrize("content", ["not json {", "[1, 2]", '{"artifact": 3}'])
 def test_a_damaged_manifest_is_one_line(onnx_dir, tmp_path, capsys, content):
     folder = copy(onnx_dir, tmp_path / "art")

@@ -52,8 +52,8 @@ def _stage(name: str, out: str | Path, inputs: Sequence[Path], options: dict,
         make(out, overwrite)
         return out
     key_inputs = {"options": options, "inputs": [content_digest(p) for p in inputs]}
-    cached, _ = store.get_or_build(name, key_inputs, lambda folder: make(folder, False), code)
-    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
+    with store.open(name, key_inputs, lambda folder: make(folder, False), code) as (cached, _), \
+            atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         shutil.copytree(cached, tmp, dirs_exist_ok=True)
         if relocate is not None:
             relocate(tmp)

@@ -120,27 +120,45 @@ class BuildCache:
         os.utime(entry / "entry.json")  # least recently used goes first
         return output
 
-    def get_or_build(self, stage: str, inputs: dict, make: Callable[[Path], None],
-                     code: tuple[str, ...] = PACKAGES) -> tuple[Path, bool]:
-        """(output folder, hit). `make(folder)` writes the output into `folder`, which does not exist yet;
+    @contextlib.contextmanager
+    def open(self, stage: str, inputs: dict, make: Callable[[Path], None],
+             code: tuple[str, ...] = PACKAGES) -> Iterator[tuple[Path, bool]]:
+        """(output folder, hit), held for the `with` block: the entry cannot be evicted or cleared while the
+        caller copies from it. `make(folder)` writes the output into `folder`, which does not exist yet;
         `code`: the gemma-edge packages the output depends on."""
         key = self.key(stage, inputs, code)
         with self._lock(key):
             found = self.fetch(key)
-            if found is not None:
-                return found, True
-            return self._store(key, stage, inputs, make), False
+            yield (found, True) if found is not None else (self._store(key, stage, inputs, make), False)
+
+    def get_or_build(self, stage: str, inputs: dict, make: Callable[[Path], None],
+                     code: tuple[str, ...] = PACKAGES) -> tuple[Path, bool]:
+        """`open` for a caller that reads the output at once (an entry is only deleted when over the limit)."""
+        with self.open(stage, inputs, make, code) as found:
+            return found
 
     @contextlib.contextmanager
-    def _lock(self, key: str) -> Iterator[None]:
+    def _lock(self, key: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the key's lock (yields True); with `wait=False`, yields False at once if another holds it."""
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         with open(locks / f"{key}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _delete(self, key: str) -> bool:
+        """Delete an entry unless a process holds it (building, or restoring from it)."""
+        with self._lock(key, wait=False) as held:
+            if held:
+                shutil.rmtree(self._entry(key), ignore_errors=True)
+            return held
 
     def _store(self, key: str, stage: str, inputs: dict, make: Callable[[Path], None]) -> Path:
         tmp_root = self.root / "tmp"
@@ -185,21 +203,17 @@ class BuildCache:
         for e in entries:
             if total <= limit:
                 break
-            if e.key == keep:
+            if e.key == keep or not self._delete(e.key):
                 continue
-            shutil.rmtree(self._entry(e.key), ignore_errors=True)
             total -= e.bytes
             deleted += 1
         return deleted
 
     def clear(self) -> int:
-        """Delete every entry; returns how many there were."""
-        count = len(self.entries())
-        if self.root.exists():
-            for child in self.root.iterdir():
-                if child.name != "locks":
-                    shutil.rmtree(child, ignore_errors=True)
-        return count
+        """Delete every entry no process is using, and dead builders' leftovers; returns entries deleted."""
+        deleted = sum(self._delete(e.key) for e in self.entries())
+        clean_leftovers(self.root / "tmp")
+        return deleted
 
     def info(self) -> str:
         entries = self.entries()

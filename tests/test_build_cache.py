@@ -191,6 +191,19 @@ def test_least_recently_used_entries_go_past_the_limit(store, tiny, tmp_path):
     assert [e.stage for e in store.entries()] == ["export-onnx"]
 
 
+def test_an_entry_in_use_is_neither_evicted_nor_cleared(store, tmp_path):
+    """A process restoring from an entry holds it: eviction and `cache clear` pass it by until it is let go."""
+    def make(folder):
+        folder.mkdir()
+        (folder / "x.bin").write_bytes(b"x" * 1000)
+
+    with store.open("demo", {"n": 1}, make) as (held, hit):
+        assert not hit
+        assert store.evict(limit=0) == 0 and store.clear() == 0
+        assert (held / "x.bin").read_bytes() == b"x" * 1000
+    assert store.clear() == 1 and store.entries() == []
+
+
 def test_cache_info_and_clear_from_the_command_line(tmp_path, tiny, monkeypatch, capsys):
     from gemma_edge.cli.main import main
 

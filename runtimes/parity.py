@@ -49,8 +49,8 @@ def reference_logits(model: Gemma, tokens: Sequence[int], prefill: int,
     """Logits at positions prefill-1 .. len-1: the ones a runner returns after prefill and each decode."""
     model.reset_caches()
     with torch.no_grad():
-        return model(torch.tensor([list(tokens)]), torch.arange(len(tokens)),
-                     image_features=image_features)[0, prefill - 1:]
+        logits = model(torch.tensor([list(tokens)]), torch.arange(len(tokens)), image_features=image_features)
+    return logits[0, prefill - 1:].clone()  # a copy: the view would keep every position's logits alive
 
 
 def runner_logits(runner, tokens: Sequence[int], prefill: int) -> torch.Tensor:
@@ -105,23 +105,38 @@ GREEDY_TOKENS = 32
 MIN_LOSS_POSITIONS = 64  # quantization loss is a statistic: prompts with fewer scored positions only report
 
 
-def logit_metrics(ref: torch.Tensor, got: torch.Tensor, targets: Sequence[int]) -> dict:
+def logit_metrics(ref: torch.Tensor, got: torch.Tensor, targets: Sequence[int], chunk: int = 16) -> dict:
     """Teacher-forced metrics over positions [N, vocab] whose next tokens are `targets` (N - 1 of them).
-    `finite` is False on any NaN or Inf in the artifact's logits, and then nothing else is computed."""
+    `finite` is False on any NaN or Inf in the artifact's logits, and then nothing else is computed.
+    Positions are taken `chunk` at a time, so the float64 temporaries stay a few hundred MiB whatever the
+    prompt's length (a full-vocabulary row is 2 MiB in float64)."""
     if not bool(torch.isfinite(got).all()):
         return {"finite": False}
-    ref_logp, got_logp = F.log_softmax(ref.double(), -1), F.log_softmax(got.double(), -1)
-    top5_ref, top5_got = ref.topk(5, -1).indices, got.topk(5, -1).indices
-    target = torch.tensor(list(targets))[:, None]
+    n = ref.shape[0]
+    target = torch.tensor(list(targets) + [-1])[:, None]  # the last position has no next token
+    sums = {"top1": 0.0, "top5": 0.0, "kl": 0.0, "nll_ref": 0.0, "nll": 0.0}
+    max_abs, cosine_min = 0.0, math.inf
+    for start in range(0, n, chunk):
+        r, g, t = ref[start:start + chunk], got[start:start + chunk], target[start:start + chunk]
+        ref_logp, got_logp = F.log_softmax(r.double(), -1), F.log_softmax(g.double(), -1)
+        max_abs = max(max_abs, (g - r).abs().max().item())
+        cosine_min = min(cosine_min, F.cosine_similarity(g.double(), r.double(), dim=-1).min().item())
+        sums["top1"] += (r.argmax(-1) == g.argmax(-1)).double().sum().item()
+        top5_ref, top5_got = r.topk(5, -1).indices, g.topk(5, -1).indices
+        sums["top5"] += (top5_ref[:, :, None] == top5_got[:, None, :]).any(-1).double().sum().item()
+        sums["kl"] += (ref_logp.exp() * (ref_logp - got_logp)).sum(-1).sum().item()
+        scored = t[:, 0] >= 0
+        sums["nll_ref"] -= ref_logp[scored].gather(1, t[scored]).sum().item()
+        sums["nll"] -= got_logp[scored].gather(1, t[scored]).sum().item()
     return {
         "finite": True,
-        "max_abs_logit": (got - ref).abs().max().item(),
-        "cosine_min": F.cosine_similarity(got.double(), ref.double(), dim=-1).min().item(),
-        "top1": top1_agreement(ref, got),
-        "top5": (top5_ref[:, :, None] == top5_got[:, None, :]).any(-1).double().mean().item(),
-        "kl": (ref_logp.exp() * (ref_logp - got_logp)).sum(-1).mean().item(),
-        "perplexity_ref": _exp(-ref_logp[:-1].gather(1, target).mean().item()),
-        "perplexity": _exp(-got_logp[:-1].gather(1, target).mean().item()),
+        "max_abs_logit": max_abs,
+        "cosine_min": cosine_min,
+        "top1": sums["top1"] / n,
+        "top5": sums["top5"] / (5 * n),  # the share of the reference's top 5 found in the artifact's
+        "kl": sums["kl"] / n,
+        "perplexity_ref": _exp(sums["nll_ref"] / (n - 1)) if n > 1 else math.nan,
+        "perplexity": _exp(sums["nll"] / (n - 1)) if n > 1 else math.nan,
     }
 
 

@@ -59,3 +59,34 @@ def test_first_divergence():
     assert first_divergence([1, 2, 3], [1, 2, 3]) == 3
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
     assert first_divergence([], [4]) == 0
+
+
+def test_logit_metrics_in_chunks_equal_the_whole_tensor_formulas():
+    """Hand-written whole-tensor formulas (what the metrics mean) against the chunked computation, on
+    random logits with a chunk that does not divide the positions."""
+    import math
+
+    import torch.nn.functional as F
+
+    from gemma_edge.runtimes.parity import logit_metrics
+
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(37, 1000, generator=gen)
+    got = ref + 0.3 * torch.randn(37, 1000, generator=gen)
+    targets = torch.randint(0, 1000, (36,), generator=gen)
+    ref_logp, got_logp = F.log_softmax(ref.double(), -1), F.log_softmax(got.double(), -1)
+    top5 = ref.topk(5, -1).indices[:, :, None] == got.topk(5, -1).indices[:, None, :]
+    expected = {
+        "max_abs_logit": (got - ref).abs().max().item(),
+        "cosine_min": F.cosine_similarity(got.double(), ref.double(), dim=-1).min().item(),
+        "top1": (ref.argmax(-1) == got.argmax(-1)).double().mean().item(),
+        "top5": top5.any(-1).double().mean().item(),
+        "kl": (ref_logp.exp() * (ref_logp - got_logp)).sum(-1).mean().item(),
+        "perplexity_ref": math.exp(-ref_logp[:-1].gather(1, targets[:, None]).mean().item()),
+        "perplexity": math.exp(-got_logp[:-1].gather(1, targets[:, None]).mean().item()),
+    }
+    got_metrics = logit_metrics(ref, got, targets.tolist(), chunk=5)
+    assert got_metrics["finite"]
+    for key, value in expected.items():
+        assert got_metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    assert 0 < expected["kl"] and 0 < expected["top5"] < 1  # the case is not degenerate

@@ -116,4 +116,5 @@ def register(sub) -> None:
                     "inputs' content, the options, gemma-edge's own code, the library versions and the platform. "
                     "Location: $GEMMA_EDGE_CACHE/builds (default ~/.cache/gemma_edge/builds); size limit "
                     "$GEMMA_EDGE_CACHE_MAX_GB (default 20), least recently used entries go first.")
-    p.add_argument("action", choices=["info", "clear"], help="info: location, entries and size; clear: delete every entry no running process is using")
+    p.add_argument("action", choices=["info", "clear"],
+                   help="info: location, entries and size; clear: delete every entry no running process is using")

@@ -132,7 +132,11 @@ def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, thre
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         if proc.returncode < 0:  # e.g. SIGILL from a runtime built for another processor
-            last = f"the runtime died with signal {-proc.returncode} ({signal.Signals(-proc.returncode).name})"
+            try:
+                name = signal.Signals(-proc.returncode).name
+            except ValueError:
+                name = "no name"
+            last = f"the runtime died with signal {-proc.returncode} ({name})"
         raise GemmaEdgeError(f"{target}: benchmark run failed: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -17,16 +17,22 @@ from pathlib import Path
 from gemma_edge.model.errors import GemmaEdgeError
 
 
-def _rss_mib() -> float:
-    """Peak RSS of this process. Linux's VmHWM belongs to the current address space; getrusage's
-    ru_maxrss survives fork+exec and would report a large parent's peak (e.g. `gemma-edge quickstart`)."""
+def _status_mib(field: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (VmHWM: peak, VmRSS: now), None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def _rss_mib() -> float:
+    """Peak RSS of this process. Linux's VmHWM belongs to the current address space; getrusage's
+    ru_maxrss survives fork+exec and would report a large parent's peak (e.g. `gemma-edge quickstart`)."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def host_description() -> dict:
@@ -44,10 +50,8 @@ def host_description() -> dict:
 
 
 def _current_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    now = _status_mib("VmRSS")
+    return now if now is not None else float("nan")
 
 
 def _prompt_ids(vocab_size: int, prompt_len: int) -> list[int]:
@@ -94,26 +98,17 @@ def _stock_prompt(tokenizer_model: Path, prompt_len: int) -> str:
 
 def measure_stock(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
     """One run through ExecuTorch's own C++ TextLLMRunner (what Android's LlmModule wraps) on a `.pte` folder:
-    RSS after it loaded the program and produced one token, then a `prompt_len`-token prompt (a repeated word,
-    tokenized by the runner) and up to `decode_tokens` more (it stops at an end token); rates from the runner's own stats, as it prints them."""
-    import json as json_
-
-    from .executorch_runner import load_executorch_kernels
-
-    load_executorch_kernels()
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    RSS after it loaded the program and produced one token, then a `prompt_len`-token prompt (a repeated
+    word, tokenized by the runner) and up to `decode_tokens` more (it stops at an end token); rates from the
+    runner's own stats, as it prints them."""
+    from .executorch_runner import StockTextRunner
 
     baseline = _rss_mib()
     folder = Path(artifact_dir)
-    runner = TextLLMRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"))
-    runner.generate("Hello", GenerationConfig(echo=False, max_new_tokens=1, temperature=0.0, num_bos=1))
-    runner.reset()
+    runner = StockTextRunner(folder)
+    runner.generate("Hello", max_new_tokens=1)
     after_load = _current_rss_mib()
-    stats: list = []
-    config = GenerationConfig(echo=False, max_new_tokens=decode_tokens + 1, temperature=0.0, num_bos=1)
-    runner.generate(_stock_prompt(folder / "tokenizer.model", prompt_len), config, token_callback=lambda _: None,
-                    stats_callback=stats.append)
-    s = json_.loads(stats[0].to_json_string())
+    _, s = runner.generate(_stock_prompt(folder / "tokenizer.model", prompt_len), max_new_tokens=decode_tokens + 1)
     prefill_ms = max(s["prompt_eval_end_ms"] - s["inference_start_ms"], 1)
     decode_ms = max(s["inference_end_ms"] - s["prompt_eval_end_ms"], 1)
     # generated_tokens counts the decode steps after the prompt's token, as the runner's own rates do
@@ -148,26 +143,26 @@ def bench_side_by_side(targets: list[tuple[str | Path, str]], prompt_len: int = 
     them alike. Exported folders are first checked against their manifests."""
     from . import artifact_files
 
-    for target, mode in targets:
+    files = [artifact_files(target) for target, _ in targets]
+    for (target, mode), fs in zip(targets, files):
         if mode not in MEASURES:
             raise GemmaEdgeError(f"unknown bench mode {mode!r}; one of {', '.join(MEASURES)}")
-        files = artifact_files(target)
-        if mode == "stock" and files[0].suffix != ".pte":
+        if mode == "stock" and fs[0].suffix != ".pte":
             raise GemmaEdgeError(f"{target}: the stock runner measures a .pte folder only")
-        if verify and files[0].suffix != ".gguf":
-            from gemma_edge.export.manifest import verify_artifact
+    if verify:
+        from gemma_edge.export.manifest import verify_artifact
 
+        for target in dict.fromkeys(str(t) for (t, _), fs in zip(targets, files) if fs[0].suffix != ".gguf"):
             verify_artifact(target)
     results: list[list[dict]] = [[] for _ in targets]
     for _ in range(runs):
         for i, (target, mode) in enumerate(targets):
             results[i].append(_run_once(Path(target), mode, prompt_len, decode_tokens, threads))
     summaries = []
-    for (target, mode), rs in zip(targets, results):
-        files = artifact_files(target)
+    for (_, mode), fs, rs in zip(targets, files, results):
         summary = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        summary.update(file_mib=sum(f.stat().st_size for f in files) / 2**20, runs=runs, threads=threads,
-                       prompt_len=prompt_len, decode_tokens=decode_tokens, artifact=str(files[0]), mode=mode)
+        summary.update(file_mib=sum(f.stat().st_size for f in fs) / 2**20, runs=runs, threads=threads,
+                       prompt_len=prompt_len, decode_tokens=decode_tokens, artifact=str(fs[0]), mode=mode)
         summaries.append(summary)
     return summaries
 

@@ -1,74 +1,262 @@
-"""Weight formats: quantize -> (ints, scales[, zero points]), dequantize, and fake-quantize with an STE.
+"""Weight formats as types: each owns its scales, quantize, dequantize, fake-quantize, storage packing and bytes.
 
-One mechanism covers the integer grids: a weight [out, in] is viewed as [out, groups, group_size], where a
-group is a block of `block` input features or the whole row (per-channel). Every scale is rounded to a
-bfloat16-representable value: XNNPACK keeps blockwise scales in bf16, so scales that are already bf16 make
-ExecuTorch and ONNX (float32 scales) compute with exactly the same numbers.
+`IntGrid(bits, block, symmetric)` covers the integer grids: a weight [out, in] is viewed as [out, groups,
+group_size], where a group is a block of `block` input features or the whole row (per-channel). Every
+scale is rounded to a bfloat16-representable value: XNNPACK keeps blockwise scales in bf16, so scales that
+are already bf16 make ExecuTorch and ONNX (float32 scales) compute with exactly the same numbers.
 
-FP8 e4m3 uses a per-channel scale. SFP8 (switched floating point, gemma.cpp's `SfpStream`) is a scale-free
-8-bit storage format for |w| <= 1.875: sign + 7 bits, 4 exponent / 3 mantissa bits at or above 2^-7 and
-5 exponent / 2 mantissa bits below; -0 is reserved.
+`Fp8E4M3` uses a per-channel scale. `Sfp8` (switched floating point, gemma.cpp's `SfpStream`) is a
+scale-free 8-bit storage format for |w| <= 1.875: sign + 7 bits, 4 exponent / 3 mantissa bits at or above
+2^-7 and 5 exponent / 2 mantissa bits below; -0 is reserved.
+
+A new format is one subclass registered with `@register_format` (its name parser and its arithmetic); the
+backends say which formats they lower in their own tables (`export/onnx_quant.py`, `export/xnnpack_quant.py`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-_KINDS = ("int4", "int8", "fp8_e4m3", "sfp8")
 FP8_MAX = 448.0
 SFP8_MAX = 1.875
 
+Qparams = tuple["torch.Tensor | None", "torch.Tensor | None"]  # (scale [out, groups], zero point or None)
 
-@dataclass(frozen=True)
+
 class QuantFormat:
-    """`kind` in int4 / int8 / fp8_e4m3 / sfp8; `block` None means per output channel."""
+    """A weight format. Subclasses are frozen dataclasses; `kind` names the family (int4, fp8_e4m3, ...),
+    `block` is None for one scale per output channel."""
 
-    kind: str
+    kind: ClassVar[str]
+    examples: ClassVar[tuple[str, ...]] = ()
     block: int | None = None
     symmetric: bool = True
-
-    def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise GemmaEdgeError(f"unknown weight format kind {self.kind!r}; expected one of {', '.join(_KINDS)}")
-        if self.block is not None and (self.kind not in ("int4", "int8") or self.block < 1):
-            raise GemmaEdgeError(f"block size {self.block} is only valid for int4/int8 formats")
-        if not self.symmetric and self.kind not in ("int4", "int8"):
-            raise GemmaEdgeError(f"{self.kind} is symmetric only")
+    searched: ClassVar[bool] = True  # has a scale whose clip ratio the MSE search can choose
 
     @property
     def name(self) -> str:
-        if self.kind in ("fp8_e4m3", "sfp8"):
-            return self.kind
+        return self.kind
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+    @classmethod
+    def parse(cls, name: str) -> "QuantFormat":
+        """'int4_block32', 'int4_block64_asym', 'int4_channel', 'int8_channel', 'fp8_e4m3', 'sfp8', ..."""
+        for parser in _PARSERS:
+            fmt = parser(name)
+            if fmt is not None:
+                return fmt
+        examples = [e for p in _FORMAT_TYPES for e in p.examples]
+        raise GemmaEdgeError(f"unknown weight format {name!r}; expected e.g. {', '.join(examples[:-1])} "
+                             f"or {examples[-1]}")
+
+    @classmethod
+    def from_name(cls, name: str) -> "QuantFormat | None":
+        """This type's instance for `name`, None when the name is another type's."""
+        return cls() if name == cls.kind else None
+
+    # ---- arithmetic --------------------------------------------------------------------------------
+    def group_size(self, shape: tuple[int, ...], name: str = "weight") -> int:
+        cols = shape[-1]
+        if self.block is None:
+            return cols
+        if cols % self.block:
+            raise GemmaEdgeError(f"{name} has {cols} input features, not a multiple of block {self.block}; "
+                                 f"use a block that divides {cols} or a per-channel format")
+        return self.block
+
+    def grouped(self, w: torch.Tensor) -> torch.Tensor:
+        size = self.group_size(tuple(w.shape))
+        return w.reshape(w.shape[0], w.shape[1] // size, size)
+
+    def qparams(self, w: torch.Tensor, ratio: torch.Tensor | float = 1.0) -> Qparams:
+        """Scales (and zero points) for clip `ratio` of each group's range; ratio broadcasts over [out, groups]."""
+        return None, None
+
+    def quantize_with(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> "QTensor":
+        """Round `w` onto the grid given by `scale`/`zero_point` (no search)."""
+        raise NotImplementedError
+
+    def dequantize(self, q: "QTensor") -> torch.Tensor:
+        raise NotImplementedError
+
+    def fake_quantize(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        """dequant(quant(w)) with gradients (straight-through; LSQ for the scale where there is one)."""
+        raise NotImplementedError
+
+    def clip_error(self, w: torch.Tensor, weights: torch.Tensor, r: float) -> torch.Tensor:
+        """Weighted squared error per group [out, groups] at clip ratio r."""
+        err = (w - self.quantize_with(w, *self.qparams(w, r)).dequantize()).pow_(2).mul_(weights)
+        return err.sum(1, keepdim=True) if self.block is None else self.grouped(err).sum(-1)
+
+    # ---- storage -----------------------------------------------------------------------------------
+    def pack(self, qdata: torch.Tensor) -> torch.Tensor:
+        """`qdata` as stored in a QuantizedCheckpoint."""
+        return qdata
+
+    def unpack(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored
+
+    def storage_bytes(self, q: "QTensor") -> int:
+        n = q.qdata.numel() * self.bits // 8
+        for t in (q.scale, q.zero_point):
+            n += 0 if t is None else t.numel() * (2 if t.is_floating_point() else 1)  # scales stored as bf16
+        return n
+
+
+_FORMAT_TYPES: list[type[QuantFormat]] = []
+_PARSERS: list[Callable[[str], "QuantFormat | None"]] = []
+
+
+def register_format(cls: type[QuantFormat]) -> type[QuantFormat]:
+    """Make `QuantFormat.parse` know the type's names."""
+    _FORMAT_TYPES.append(cls)
+    _PARSERS.append(cls.from_name)
+    return cls
+
+
+@register_format
+@dataclass(frozen=True)
+class IntGrid(QuantFormat):
+    """Integers on a uniform grid of `bits` (4 or 8) with a scale per block of `block` inputs (None: per
+    output channel); asymmetric grids add a zero point per scale."""
+
+    bits: int = 4
+    block: int | None = None
+    symmetric: bool = True
+    examples: ClassVar[tuple[str, ...]] = ("int4_block32", "int4_channel", "int8_channel", "int4_block64_asym")
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise GemmaEdgeError(f"integer grids have 4 or 8 bits, not {self.bits}")
+        if self.block is not None and self.block < 1:
+            raise GemmaEdgeError(f"block size {self.block} must be at least 1")
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return f"int{self.bits}"
+
+    @property
+    def name(self) -> str:
         group = f"block{self.block}" if self.block else "channel"
         return f"{self.kind}_{group}" + ("" if self.symmetric else "_asym")
 
     @classmethod
-    def parse(cls, name: str) -> "QuantFormat":
-        """'int4_block32', 'int4_block64_asym', 'int4_channel', 'int8_channel', 'fp8_e4m3', 'sfp8'."""
-        if name in ("fp8_e4m3", "sfp8"):
-            return cls(name)
-        m = re.fullmatch(r"(int4|int8)_(channel|block(\d+))(_asym)?", name)
+    def from_name(cls, name: str) -> "IntGrid | None":
+        m = re.fullmatch(r"int(4|8)_(channel|block(\d+))(_asym)?", name)
         if not m:
-            raise GemmaEdgeError(f"unknown weight format {name!r}; expected e.g. int4_block32, int4_channel, "
-                                 "int8_channel, int4_block64_asym, fp8_e4m3 or sfp8")
-        return cls(m.group(1), int(m.group(3)) if m.group(3) else None, m.group(4) is None)
-
-    @property
-    def bits(self) -> int:
-        return 4 if self.kind == "int4" else 8
+            return None
+        return cls(int(m.group(1)), int(m.group(3)) if m.group(3) else None, m.group(4) is None)
 
     @property
     def qrange(self) -> tuple[int, int]:
-        if self.kind not in ("int4", "int8"):
-            raise ValueError(self.kind)
         if self.symmetric:
-            return (-8, 7) if self.kind == "int4" else (-128, 127)
-        return (0, 15) if self.kind == "int4" else (0, 255)
+            return (-8, 7) if self.bits == 4 else (-128, 127)
+        return (0, 15) if self.bits == 4 else (0, 255)
+
+    def qparams(self, w: torch.Tensor, ratio: torch.Tensor | float = 1.0) -> Qparams:
+        g = self.grouped(w)
+        qmin, qmax = self.qrange
+        if self.symmetric:
+            scale = to_bf16_grid(g.abs().amax(-1) * ratio / qmax)
+            return torch.where(scale > 0, scale, torch.ones_like(scale)), None
+        lo = (g.amin(-1) * ratio).clamp(max=0)
+        hi = (g.amax(-1) * ratio).clamp(min=0)
+        scale = to_bf16_grid((hi - lo) / (qmax - qmin))
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
+        return scale, zero_point.to(torch.int8 if self.bits == 4 else torch.uint8)
+
+    def quantize_with(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> "QTensor":
+        qmin, qmax = self.qrange
+        zp = 0.0 if zero_point is None else zero_point.float()[..., None]
+        q = torch.clamp(torch.round(self.grouped(w) / scale[..., None]) + zp, qmin, qmax)
+        dtype = torch.uint8 if (not self.symmetric and self.bits == 8) else torch.int8
+        return QTensor(self, q.reshape(w.shape).to(dtype), scale, zero_point)
+
+    def dequantize(self, q: "QTensor") -> torch.Tensor:
+        g = self.grouped(q.qdata.float())
+        zp = 0.0 if q.zero_point is None else q.zero_point.float()[..., None]
+        return ((g - zp) * q.scale[..., None]).reshape(q.shape)
+
+    def fake_quantize(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        zp = 0.0 if zero_point is None else zero_point.float()[..., None]
+        return _FakeQuantInt.apply(self.grouped(w), scale[..., None], zp, *self.qrange).reshape(w.shape)
+
+    def clip_error(self, w: torch.Tensor, weights: torch.Tensor, r: float) -> torch.Tensor:
+        if not self.symmetric:
+            return super().clip_error(w, weights, r)
+        g = self.grouped(w)  # the common case, without the integer round trip
+        qmin, qmax = self.qrange
+        scale = self.qparams(w, r)[0][..., None]
+        err = torch.round(g / scale).clamp_(qmin, qmax).mul_(scale).sub_(g)
+        return err.pow_(2).mul_(weights.reshape(1, -1, g.shape[-1])).sum(-1)
+
+    def pack(self, qdata: torch.Tensor) -> torch.Tensor:
+        return pack_int4(qdata, self.symmetric) if self.bits == 4 else qdata
+
+    def unpack(self, stored: torch.Tensor) -> torch.Tensor:
+        return unpack_int4(stored, self.symmetric) if self.bits == 4 else stored
+
+
+@register_format
+@dataclass(frozen=True)
+class Fp8E4M3(QuantFormat):
+    """float8 e4m3 values with one scale per output channel (amax / 448)."""
+
+    kind: ClassVar[str] = "fp8_e4m3"
+    examples: ClassVar[tuple[str, ...]] = ("fp8_e4m3",)
+
+    def qparams(self, w: torch.Tensor, ratio: torch.Tensor | float = 1.0) -> Qparams:
+        amax = w.abs().amax(dim=1, keepdim=True) * ratio
+        scale = to_bf16_grid(amax / FP8_MAX)
+        return torch.where(scale > 0, scale, torch.ones_like(scale)), None
+
+    def quantize_with(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> "QTensor":
+        q = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return QTensor(self, q, scale)
+
+    def dequantize(self, q: "QTensor") -> torch.Tensor:
+        return q.qdata.float() * q.scale
+
+    def fake_quantize(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        x = (w / scale).clamp(-FP8_MAX, FP8_MAX)
+        return (x + (x.to(torch.float8_e4m3fn).float() - x).detach()) * scale
+
+
+@register_format
+@dataclass(frozen=True)
+class Sfp8(QuantFormat):
+    """gemma.cpp's switched floating point: 8-bit codes, no scale (|w| <= 1.875)."""
+
+    kind: ClassVar[str] = "sfp8"
+    examples: ClassVar[tuple[str, ...]] = ("sfp8",)
+    searched: ClassVar[bool] = False
+
+    def quantize_with(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> "QTensor":
+        return QTensor(self, sfp8_encode(w), None)
+
+    def dequantize(self, q: "QTensor") -> torch.Tensor:
+        return sfp8_decode(q.qdata)
+
+    def fake_quantize(self, w: torch.Tensor, scale: torch.Tensor | None,
+                      zero_point: torch.Tensor | None = None) -> torch.Tensor:
+        return w + (sfp8_decode(sfp8_encode(w.detach())) - w).detach()
 
 
 @dataclass
@@ -86,34 +274,10 @@ class QTensor:
         return tuple(self.qdata.shape)
 
     def dequantize(self) -> torch.Tensor:
-        if self.fmt.kind == "sfp8":
-            return sfp8_decode(self.qdata)
-        if self.fmt.kind == "fp8_e4m3":
-            return self.qdata.float() * self.scale
-        g = _grouped(self.qdata.float(), self.fmt)
-        zp = 0.0 if self.zero_point is None else self.zero_point.float()[..., None]
-        return ((g - zp) * self.scale[..., None]).reshape(self.shape)
+        return self.fmt.dequantize(self)
 
     def storage_bytes(self) -> int:
-        n = self.qdata.numel() * self.fmt.bits // 8
-        for t in (self.scale, self.zero_point):
-            n += 0 if t is None else t.numel() * (2 if t.is_floating_point() else 1)  # scales stored as bf16
-        return n
-
-
-def _group_size(shape: tuple[int, ...], fmt: QuantFormat, name: str = "weight") -> int:
-    cols = shape[-1]
-    if fmt.block is None:
-        return cols
-    if cols % fmt.block:
-        raise GemmaEdgeError(f"{name} has {cols} input features, not a multiple of block {fmt.block}; "
-                             f"use a block that divides {cols} or a per-channel format")
-    return fmt.block
-
-
-def _grouped(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    size = _group_size(tuple(w.shape), fmt)
-    return w.reshape(w.shape[0], w.shape[1] // size, size)
+        return self.fmt.storage_bytes(self)
 
 
 def check_finite(w: torch.Tensor, name: str) -> None:
@@ -129,38 +293,14 @@ def to_bf16_grid(x: torch.Tensor) -> torch.Tensor:
     return b.float()
 
 
-def compute_qparams(w: torch.Tensor, fmt: QuantFormat, ratio: torch.Tensor | float = 1.0):
-    """Scales (and zero points) for clip `ratio` of each group's range; ratio broadcasts over [out, groups]."""
-    if fmt.kind == "fp8_e4m3":
-        amax = w.abs().amax(dim=1, keepdim=True) * ratio
-        scale = to_bf16_grid(amax / FP8_MAX)
-        return torch.where(scale > 0, scale, torch.ones_like(scale)), None
-    g = _grouped(w, fmt)
-    qmin, qmax = fmt.qrange
-    if fmt.symmetric:
-        scale = to_bf16_grid(g.abs().amax(-1) * ratio / qmax)
-        return torch.where(scale > 0, scale, torch.ones_like(scale)), None
-    lo = (g.amin(-1) * ratio).clamp(max=0)
-    hi = (g.amax(-1) * ratio).clamp(min=0)
-    scale = to_bf16_grid((hi - lo) / (qmax - qmin))
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
-    return scale, zero_point.to(torch.int8 if fmt.kind == "int4" else torch.uint8)
+def compute_qparams(w: torch.Tensor, fmt: QuantFormat, ratio: torch.Tensor | float = 1.0) -> Qparams:
+    return fmt.qparams(w, ratio)
 
 
 def quantize_with(w: torch.Tensor, fmt: QuantFormat, scale: torch.Tensor | None,
                   zero_point: torch.Tensor | None = None) -> QTensor:
     """Round `w` onto the grid given by `scale`/`zero_point` (no search)."""
-    if fmt.kind == "sfp8":
-        return QTensor(fmt, sfp8_encode(w), None)
-    if fmt.kind == "fp8_e4m3":
-        q = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return QTensor(fmt, q, scale)
-    qmin, qmax = fmt.qrange
-    zp = 0.0 if zero_point is None else zero_point.float()[..., None]
-    q = torch.clamp(torch.round(_grouped(w, fmt) / scale[..., None]) + zp, qmin, qmax)
-    dtype = torch.uint8 if (not fmt.symmetric and fmt.kind == "int8") else torch.int8
-    return QTensor(fmt, q.reshape(w.shape).to(dtype), scale, zero_point)
+    return fmt.quantize_with(w, scale, zero_point)
 
 
 def quantize(w: torch.Tensor, fmt: QuantFormat, ratio: torch.Tensor | float = 1.0, name: str = "weight") -> QTensor:
@@ -168,12 +308,9 @@ def quantize(w: torch.Tensor, fmt: QuantFormat, ratio: torch.Tensor | float = 1.
     check_finite(w, name)
     if w.ndim != 2:
         raise GemmaEdgeError(f"{name}: only 2-D weights are quantized, got shape {list(w.shape)}")
-    _group_size(tuple(w.shape), fmt, name)
+    fmt.group_size(tuple(w.shape), name)
     w = w.float()
-    if fmt.kind == "sfp8":
-        return quantize_with(w, fmt, None)
-    scale, zero_point = compute_qparams(w, fmt, ratio)
-    return quantize_with(w, fmt, scale, zero_point)
+    return fmt.quantize_with(w, *fmt.qparams(w, ratio))
 
 
 def mse_clip_quantize(w: torch.Tensor, fmt: QuantFormat, importance: torch.Tensor | None = None,
@@ -185,33 +322,21 @@ def mse_clip_quantize(w: torch.Tensor, fmt: QuantFormat, importance: torch.Tenso
     makes the error the expected squared error of the layer's output rather than of its weights.
     Rows are searched in chunks that stay in cache (groups never span rows).
     """
-    if fmt.kind == "sfp8":
+    if not fmt.searched:
         return quantize(w, fmt, name=name)
     check_finite(w, name)
-    _group_size(tuple(w.shape), fmt, name)
+    fmt.group_size(tuple(w.shape), name)
     w = w.float()
     weights = torch.ones(w.shape[1]) if importance is None else importance.float().clamp(min=1e-12)
     best = torch.cat([_best_ratio(w[i:i + rows_per_chunk], fmt, weights, ratios)
                       for i in range(0, w.shape[0], rows_per_chunk)])
-    return quantize_with(w, fmt, *compute_qparams(w, fmt, best))
-
-
-def _clip_error(w: torch.Tensor, fmt: QuantFormat, weights: torch.Tensor, r: float) -> torch.Tensor:
-    """Weighted squared error per group [out, groups] at clip ratio r."""
-    if fmt.kind in ("int4", "int8") and fmt.symmetric:  # the common case, without the integer round trip
-        g = _grouped(w, fmt)
-        qmin, qmax = fmt.qrange
-        scale = compute_qparams(w, fmt, r)[0][..., None]
-        err = torch.round(g / scale).clamp_(qmin, qmax).mul_(scale).sub_(g)
-        return err.pow_(2).mul_(weights.reshape(1, -1, g.shape[-1])).sum(-1)
-    err = (w - quantize_with(w, fmt, *compute_qparams(w, fmt, r)).dequantize()).pow_(2).mul_(weights)
-    return err.sum(1, keepdim=True) if fmt.block is None else _grouped(err, fmt).sum(-1)
+    return fmt.quantize_with(w, *fmt.qparams(w, best))
 
 
 def _best_ratio(w: torch.Tensor, fmt: QuantFormat, weights: torch.Tensor, ratios: tuple[float, ...]) -> torch.Tensor:
     best_err = best_ratio = None
     for r in ratios:
-        err = _clip_error(w, fmt, weights, r)
+        err = fmt.clip_error(w, weights, r)
         if best_err is None:
             best_err, best_ratio = err, torch.full_like(err, r)
         else:
@@ -223,17 +348,11 @@ def _best_ratio(w: torch.Tensor, fmt: QuantFormat, weights: torch.Tensor, ratios
 
 # ---- fake quantization (QAT) -------------------------------------------------------------------
 
-def fake_quantize(w: torch.Tensor, fmt: QuantFormat, scale: torch.Tensor,
+def fake_quantize(w: torch.Tensor, fmt: QuantFormat, scale: torch.Tensor | None,
                   zero_point: torch.Tensor | None = None) -> torch.Tensor:
     """dequant(quant(w)) with gradients: w gets the straight-through gradient inside the clip range and
     none outside it; `scale` gets the LSQ gradient (round treated as identity)."""
-    if fmt.kind == "fp8_e4m3":
-        x = (w / scale).clamp(-FP8_MAX, FP8_MAX)
-        return (x + (x.to(torch.float8_e4m3fn).float() - x).detach()) * scale
-    if fmt.kind == "sfp8":
-        return w + (sfp8_decode(sfp8_encode(w.detach())) - w).detach()
-    zp = 0.0 if zero_point is None else zero_point.float()[..., None]
-    return _FakeQuantInt.apply(_grouped(w, fmt), scale[..., None], zp, *fmt.qrange).reshape(w.shape)
+    return fmt.fake_quantize(w, scale, zero_point)
 
 
 class _FakeQuantInt(torch.autograd.Function):

@@ -32,6 +32,7 @@ from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import DecoderLayer, Gemma, attention_mask, heads_first, sdpa
 from gemma_edge.model.loader import LoadedModel
+from gemma_edge.model.swap import swap_modules
 
 from .checkpoint import QuantizedCheckpoint
 from .formats import QTensor, fake_quantize, quantize_with
@@ -170,13 +171,16 @@ class QATStudent(nn.Module):
         self.model.load_state_dict(loaded.model.state_dict())
         self.model.requires_grad_(False)
         self.quantized: dict[str, QuantWeight] = {}
-        for name, mod in list(self.model.named_modules()):
-            for child_name, child in list(mod.named_children()):
-                full = f"{name}.{child_name}.weight"
-                if isinstance(child, nn.Linear) and full in init.quantized:
-                    qw = QuantWeight(weights[full], init.quantized[full], cfg.train_weights)
-                    self.quantized[full] = qw
-                    setattr(mod, child_name, FakeQuantLinear(qw))
+
+        def fake_quant_linear(name: str, child: nn.Module) -> nn.Module | None:
+            full = f"{name}.weight"  # the LM head has its own quantizer below
+            if not isinstance(child, nn.Linear) or full not in init.quantized or full == LM_HEAD:
+                return None
+            self.quantized[full] = QuantWeight(weights[full], init.quantized[full], cfg.train_weights)
+            return FakeQuantLinear(self.quantized[full])
+
+        swap_modules(self.model, fake_quant_linear)
+        for mod in list(self.model.modules()):
             if hasattr(mod, "cache"):
                 mod.cache = SequenceAttention(mod.window)
         if cfg.grad_checkpointing:

@@ -29,6 +29,7 @@ from gemma_edge.model.atomic import atomic_dir, check_output_path
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import (Gemma, RMSNorm, as_dtype, attention_mask, full_cache_key_groups, gelu_tanh_explicit,
                                     image_groups, register_kv, ring_key_groups, ring_key_positions, rotate_half)
+from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionEncoder
 
@@ -141,9 +142,7 @@ def on_et_caches(model: Gemma) -> tuple[Gemma, RingMask]:
     model = copy.deepcopy(model)
     c = model.config
     ring = RingMask(c.sliding_window)
-    for name, module in list(model.named_modules()):
-        if type(module) is RMSNorm:
-            model.set_submodule(name, LinearMeanRMSNorm(module))
+    swap_modules(model, lambda name, module: LinearMeanRMSNorm(module) if type(module) is RMSNorm else None)
     for layer in model.layers:
         layer.mlp.act = gelu_tanh_explicit  # XNNPACK would lower aten.gelu as the erf GELU
         attn = layer.self_attn

@@ -9,9 +9,7 @@ head_dim]. Caches grow with the sequence; on sliding layers `com.microsoft.Group
 Per layer: SimplifiedLayerNormalization with weight (1 + w) (the sandwich norms and QK-norm), projections,
 GroupQueryAttention with fused RoPE (cos/sin caches per layer type, computed by the reference's own
 functions), GeGLU with tanh-GELU. Weights come from a float checkpoint or from a QuantizedCheckpoint as
-they are: int4 → `MatMulNBits` (the checkpoint's integers offset by 8, two per byte low nibble first, its
-bf16 scales as float32, float activations); int8 / fp8 → `DequantizeLinear` + MatMul; the embedding is a
-Gather (+ dequantize); the tied LM head reads the same table.
+they are; what each quantized format becomes is `onnx_quant`'s tables.
 """
 
 from __future__ import annotations
@@ -30,6 +28,9 @@ from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
 from gemma_edge.model.atomic import atomic_dir, check_output_path
 from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
 
+from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
+
+from . import onnx_quant
 from .manifest import vision_metadata, write_manifest
 
 OPSET = 23
@@ -110,109 +111,25 @@ class GraphBuilder:
         """x @ W.T for the weight `name` ([out, in]), in whatever format the checkpoint holds it."""
         q = self.w.quantized.get(name)
         if q is None:
-            wt = self.w.floats[name].float().t()
-            return self.op("MatMul", x, self.init(name + ".T", wt))
-        kind = q.fmt.kind
-        n, k = q.shape
-        if kind == "int4":
-            return self._matmul_nbits(x, name, q)
-        if kind in ("int8", "fp8_e4m3") and q.fmt.block is None and q.zero_point is None:
-            data = q.qdata.t().contiguous()  # [in, out]: per-output-channel scales on axis 1
-            scale = q.scale.float().reshape(n)
-            deq = self.op("DequantizeLinear", self.init(name + ".qdata.T", data), self.init(name + ".scale", scale),
-                          axis=1)
-            return self.op("MatMul", x, deq)
-        raise GemmaEdgeError(f"{name}: format {q.fmt.name} has no ONNX export (int4 block/channel, int8 channel "
-                             "and fp8_e4m3 do); choose another recipe")
-
-    def nbits(self, name: str, q) -> tuple[ir.Value, ir.Value, int]:
-        """An int4 QTensor in MatMulNBits layout: packed [N, K / block, block / 2], scales [N * K / block].
-
-        MatMulNBits takes power-of-two blocks of at least 16; a per-channel scale over a K that is not one
-        (640 in the 270M) is repeated over 128-wide blocks. Integers and scale values are unchanged."""
-        from gemma_edge.calibration.formats import pack_int4
-
-        n, k = q.shape
-        block, scale = q.fmt.block or k, q.scale.float()
-        if block & (block - 1) or block < 16:
-            block = math.gcd(k, 128)
-            scale = scale.repeat_interleave(k // block // scale.shape[1], dim=1)
-        packed = pack_int4(q.qdata, signed=q.fmt.symmetric)  # symmetric: + 8; asymmetric: already 0..15
-        packed = self.init(name + ".nbits", packed.reshape(n, k // block, block // 2))
-        return packed, self.init(name + ".nbits_scale", scale.reshape(-1)), block
-
-    def _matmul_nbits(self, x: ir.Value, name: str, q) -> ir.Value:
-        n, k = q.shape
-        packed, scale, block = self.nbits(name, q)
-        inputs = [x, packed, scale]
-        if q.zero_point is not None:
-            zp = q.zero_point.to(torch.uint8).repeat_interleave(k // block // q.zero_point.shape[1], dim=1)
-            zp = torch.nn.functional.pad(zp, (0, zp.shape[1] % 2))
-            inputs.append(self.init(name + ".nbits_zp", zp[:, 0::2] | (zp[:, 1::2] << 4)))
-        return self.op("MatMulNBits", *inputs, domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
-                       accuracy_level=0)
+            return self.op("MatMul", x, self.init(name + ".T", self.w.floats[name].float().t()))
+        return onnx_quant.linear(self, x, name, q)
 
     def embedding(self, ids: ir.Value) -> ir.Value:
-        from gemma_edge.calibration.recipe import EMBEDDING
-
         q = self.w.quantized.get(EMBEDDING)
         if q is None:
             return self.op("Gather", self.init(EMBEDDING, self.w.floats[EMBEDDING].float()), ids)
-        vocab, hidden = q.shape
-        if q.zero_point is not None:
-            raise GemmaEdgeError(f"embedding format {q.fmt.name} has no ONNX export; use a symmetric one")
-        if q.fmt.kind == "int4":
-            # The very tensors MatMulNBits reads for a tied head, viewed as rows: one copy in the file.
-            packed, flat_scale, block = self.nbits(EMBEDDING, q)
-            table = self.op("Reshape", packed, self.const_i64(vocab, hidden // 2))
-            scale_rows = self.op("Reshape", flat_scale, self.const_i64(vocab, hidden // block))
-            scales = self.op("Gather", scale_rows, ids)  # [B, S, groups]
-            rows = self.op("Gather", table, ids)
-            lo = self.op("BitwiseAnd", rows, self.init("u8_15", np.array(15, dtype=np.uint8)))
-            hi = self.op("BitShift", rows, self.init("u8_4", np.array(4, dtype=np.uint8)), direction="RIGHT")
-            pairs = self.op("Concat", self.op("Unsqueeze", lo, self.const_i64(-1)),
-                            self.op("Unsqueeze", hi, self.const_i64(-1)), axis=-1)
-            values = self.op("Sub", self.op("Cast", pairs, to=ir.DataType.FLOAT), self.const_f32(8.0))
-        elif q.fmt.kind == "fp8_e4m3" and q.fmt.block is None:
-            # ONNX Runtime's Gather takes no float8: gather rows of the dequantized table, which the tied
-            # head reads as well (one DequantizeLinear per call).
-            return self.op("Gather", self.fp8_table(q), ids)
-        elif q.fmt.kind == "int8":
-            block = q.fmt.block or hidden
-            scales = self.op("Gather", self.init(EMBEDDING + ".scale", q.scale.float()), ids)  # [B, S, groups]
-            values = self.op("Cast", self.op("Gather", self.init(EMBEDDING + ".qdata", q.qdata), ids),
-                             to=ir.DataType.FLOAT)
-        else:
-            raise GemmaEdgeError(f"embedding format {q.fmt.name} has no ONNX export")
-        grouped = self.op("Reshape", values, self.const_i64(0, 0, hidden // block, block))
-        out = self.op("Mul", grouped, self.op("Unsqueeze", scales, self.const_i64(-1)))
-        return self.op("Reshape", out, self.const_i64(0, 0, hidden))
-
-    def fp8_table(self, q) -> ir.Value:
-        """The fp8 embedding dequantized with its per-row scales, built once and shared."""
-        from gemma_edge.calibration.recipe import EMBEDDING
-
-        if "fp8_table" not in self._consts:
-            self._consts["fp8_table"] = self.op(
-                "DequantizeLinear", self.init(EMBEDDING + ".qdata", q.qdata),
-                self.init(EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
-        return self._consts["fp8_table"]
+        return onnx_quant.embedding(self, ids, q)
 
     def lm_head(self, x: ir.Value) -> ir.Value:
-        from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
-
         if LM_HEAD in self.w.quantized or LM_HEAD in self.w.floats:
             return self.linear(x, LM_HEAD)
         q = self.w.quantized.get(EMBEDDING)
-        if q is not None and q.fmt.kind == "int4":  # tied: the same packed bytes and scales as the Gather
-            return self._matmul_nbits(x, EMBEDDING, q)
-        if q is not None and q.fmt.kind == "fp8_e4m3":
-            table = self.fp8_table(q)
-        elif q is not None:
-            table = self.op("DequantizeLinear", self.init(EMBEDDING + ".qdata", q.qdata), self.init(
-                EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
-        else:
-            table = self.init(EMBEDDING, self.w.floats[EMBEDDING].float())
+        if q is not None:
+            return onnx_quant.tied_head(self, x, q)
+        return self.gemm_head(x, self.init(EMBEDDING, self.w.floats[EMBEDDING].float()))
+
+    def gemm_head(self, x: ir.Value, table: ir.Value) -> ir.Value:
+        """Logits [B, S, vocab] from a float table [vocab, hidden]."""
         flat = self.op("Reshape", x, self.const_i64(-1, self.c.hidden_size))
         logits = self.op("Gemm", flat, table, transB=1)
         return self.op("Reshape", logits, self.op("Concat", self.op("Shape", x, end=2),

@@ -15,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, fake_quantize_per_token_int8, is_vision
-from gemma_edge.calibration.formats import QTensor
+from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, fake_quantize_per_token_int8
+from gemma_edge.calibration.formats import IntGrid, QTensor, QuantFormat
 from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
+from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.vision import VisionEncoder
+
+from .lowering import Lowering, lowering_for
 
 
 def register_quant_ops() -> None:
@@ -28,14 +31,25 @@ def register_quant_ops() -> None:
     import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  embedding_byte / 4bit
 
 
-def _check_supported(name: str, q: QTensor) -> None:
-    if q.fmt.kind not in ("int4", "int8") or not q.fmt.symmetric:
-        raise GemmaEdgeError(f"{name}: format {q.fmt.name} has no XNNPACK kernel in ExecuTorch; use a symmetric "
-                             "int4/int8 recipe for .pte (fp8 exports to ONNX)")
+def _symmetric_int(f: QuantFormat) -> bool:
+    return isinstance(f, IntGrid) and f.symmetric
+
+
+def _xnnpack_weights(f: QuantFormat) -> bool:
+    """XNNPACK's dynamically quantized GEMMs: qc4w, qb4w (blocks of a multiple of 32) and qc8w; its lowering
+    asserts on anything else ("Only 4b group quantization is supported", "group_size to be a multiple of 32")."""
+    return _symmetric_int(f) and (f.block is None or (f.bits == 4 and f.block % 32 == 0))
+
+
+def _check_supported(name: str, q: QTensor, table: list[Lowering]) -> type[nn.Module]:
+    """The module `table` lowers the weight `name` to; refused for a format or scales XNNPACK cannot take."""
+    module = lowering_for(table, q.fmt, f"{name}: format {q.fmt.name} has no XNNPACK kernel in ExecuTorch; use a "
+                                        "symmetric int4/int8 recipe for .pte (fp8 exports to ONNX)")
     if q.scale is not None and (q.scale < 0).any():
         raise GemmaEdgeError(f"{name}: {int((q.scale < 0).sum())} blocks have negative scales (a Q4_0 grid import "
                              "keeps llama.cpp's signed scales) and XNNPACK accepts only positive ones; export this "
                              "checkpoint to ONNX, or make a .pte from `gemma-edge quantize` of the same weights")
+    return module
 
 
 class DynActIntLinear(nn.Module):
@@ -44,7 +58,6 @@ class DynActIntLinear(nn.Module):
     def __init__(self, q: QTensor, name: str, bias: torch.Tensor | None = None):
         super().__init__()
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        _check_supported(name, q)
         self.qmin, self.qmax = q.fmt.qrange
         self.group = q.fmt.block
         self.register_buffer("weight_int", q.qdata.to(torch.int8).contiguous())
@@ -69,7 +82,6 @@ class QuantEmbedding(nn.Module):
 
     def __init__(self, q: QTensor):
         super().__init__()
-        _check_supported(EMBEDDING, q)
         self.bits = q.fmt.bits
         self.qmin, self.qmax = q.fmt.qrange
         if self.bits == 4:  # embedding_4bit: high nibble first, stored offset by 8
@@ -86,19 +98,30 @@ class QuantEmbedding(nn.Module):
         return op(self.weight_int, self.scales, None, self.qmin, self.qmax, tokens)
 
 
+LINEAR: list[Lowering] = [Lowering("symmetric int4 per channel or per block of 32k, symmetric int8 per channel",
+                                   _xnnpack_weights, DynActIntLinear)]
+EMBEDDING_GATHER: list[Lowering] = [Lowering("symmetric int4/int8", _symmetric_int, QuantEmbedding)]
+
+
+def integer_linear(q: QTensor, name: str, bias: torch.Tensor | None = None) -> nn.Module:
+    return _check_supported(name, q, LINEAR)(q, name, bias)
+
+
 def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
     """The float architecture with every quantized weight replaced by its integer module."""
     register_quant_ops()
     model = ckpt.build_model(max_seq_len)  # norms and any float weights, dequantized elsewhere
-    for name, q in sorted(ckpt.quantized.items()):
-        if is_vision(name):
-            continue
-        if name == EMBEDDING:
-            model.embed_tokens = QuantEmbedding(q)
-        else:
-            model.set_submodule(name.removesuffix(".weight"), DynActIntLinear(q, name))
+
+    def replace(name: str, module: nn.Module) -> nn.Module | None:
+        weight = name + ".weight"
+        if weight == EMBEDDING and weight in ckpt.quantized:
+            q = ckpt.quantized[weight]
+            return _check_supported(weight, q, EMBEDDING_GATHER)(q)
+        return integer_linear(ckpt.quantized[weight], weight) if weight in ckpt.quantized else None
+
+    swap_modules(model, replace)
     if LM_HEAD not in ckpt.quantized and EMBEDDING in ckpt.quantized:  # tied: one table, same integers
-        model.lm_head = DynActIntLinear(ckpt.quantized[EMBEDDING], LM_HEAD)
+        model.lm_head = integer_linear(ckpt.quantized[EMBEDDING], LM_HEAD)
     return model.eval()
 
 
@@ -106,8 +129,7 @@ def quantized_pte_vision(ckpt: QuantizedCheckpoint) -> VisionEncoder:
     """The vision tower and projector with every quantized linear as its integer module (bias kept)."""
     register_quant_ops()
     encoder = ckpt.build_vision()
-    for name, q in sorted(ckpt.quantized.items()):
-        if is_vision(name):
-            dotted = name.removesuffix(".weight")
-            encoder.set_submodule(dotted, DynActIntLinear(q, name, encoder.get_submodule(dotted).bias))
+    swap_modules(encoder, lambda name, module: integer_linear(ckpt.quantized[name + ".weight"], name + ".weight",
+                                                              module.bias)
+                 if name + ".weight" in ckpt.quantized else None)
     return encoder.eval()

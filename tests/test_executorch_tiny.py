@@ -132,6 +132,39 @@ def test_unsupported_formats_are_refused(tmp_path):
         export_pte(q, tmp_path / "out")
 
 
+def test_refusals_name_what_each_backend_lowers():
+    """The "unsupported" errors are written from the backends' lowering tables, so they list every format
+    a backend does take, and a format a table takes is never refused."""
+    from gemma_edge.calibration.formats import QuantFormat, quantize
+    from gemma_edge.export import onnx_quant, xnnpack_quant
+    from gemma_edge.export.lowering import lowering_for
+
+    w = torch.randn(8, 64) * 0.1
+    names = ["int4_block32", "int4_block16", "int4_channel", "int4_block32_asym", "int8_channel", "int8_block32",
+             "fp8_e4m3", "sfp8"]
+    # what docs/quantization.md says each backend runs
+    expected = {"XNNPACK linear": {"int4_block32", "int4_channel", "int8_channel"},
+                "ONNX linear": {"int4_block32", "int4_block16", "int4_channel", "int4_block32_asym", "int8_channel",
+                                "fp8_e4m3"},
+                "ONNX gather": {"int4_block32", "int4_block16", "int4_channel", "int8_channel", "int8_block32",
+                                "fp8_e4m3"},
+                "ONNX tied head": {"int4_block32", "int4_block16", "int4_channel", "int4_block32_asym", "int8_channel",
+                                   "fp8_e4m3"}}
+    tables = {"XNNPACK linear": xnnpack_quant.LINEAR, "ONNX linear": onnx_quant.LINEAR,
+              "ONNX gather": onnx_quant.GATHER, "ONNX tied head": onnx_quant.TIED_HEAD}
+    for name, table in tables.items():
+        assert {n for n in names if any(e.accepts(QuantFormat.parse(n)) for e in table)} == expected[name], name
+        for fmt_name in names:
+            fmt = QuantFormat.parse(fmt_name)
+            taken = [e for e in table if e.accepts(fmt)]
+            if taken:
+                assert lowering_for(table, fmt, "unused") is taken[0].handler
+                continue
+            with pytest.raises(GemmaEdgeError) as err:
+                lowering_for(table, quantize(w, fmt).fmt, f"{fmt_name} has no {name} lowering")
+            assert all(e.formats in str(err.value) for e in table), (name, fmt_name, str(err.value))
+
+
 def test_bench_reports_every_figure(tiny_export, capsys):
     from gemma_edge.cli.main import main
 

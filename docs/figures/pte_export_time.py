@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("model", "calibration", "export", "runtimes", "cli")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_tree import baseline_path, remove_baseline  # noqa: E402
 
 EXPORT = """
 import sys, time, torch
@@ -40,18 +40,6 @@ program = deserialize_pte_binary(open(sys.argv[1], "rb").read()).program
 plan = next(p for p in program.execution_plan if p.name == "forward")
 print(sum(1 for c in plan.chains for i in c.instructions if type(i.instr_args).__name__ == "DelegateCall"))
 """
-
-
-def baseline_path(rev: str, tmp: Path) -> Path:
-    """A package root whose gemma_edge.* are REV's folders."""
-    tree = tmp / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), rev], check=True)
-    pkg = tmp / "pkg" / "gemma_edge"
-    pkg.mkdir(parents=True)
-    for name in PACKAGES:
-        if (tree / name).is_dir():
-            (pkg / name).symlink_to(tree / name)
-    return pkg.parent
 
 
 def run(code: str, args: list[str], pythonpath: Path | None) -> str:
@@ -91,7 +79,7 @@ def main() -> None:
                     print(f"| {source.name} | {label} | {statistics.median(times[label]):.0f} s ({runs}) | "
                           f"{delegates[label]} |", flush=True)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "tree")])
+            remove_baseline(tmp)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from gemma_edge.model.config import GemmaConfig
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
 from gemma_edge.model.hf_checkpoint import check_and_load, save_safetensors
-from gemma_edge.model.loader import LoadedModel
+from gemma_edge.model.loader import FolderKind, LoadedModel
+from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionConfig, VisionEncoder
 
-from .formats import QTensor, QuantFormat, pack_int4, unpack_int4
+from .formats import QTensor, QuantFormat
 from .recipe import LM_HEAD, VISION_PREFIXES, QuantRecipe
 
 FORMAT_TAG = "gemma-edge-quantized-v1"
@@ -38,7 +39,8 @@ def is_vision(name: str) -> bool:
 
 
 def is_quantized_checkpoint(path: Path) -> bool:
-    return (path / "recipe.json").exists() and (path / "config.json").exists()
+    """The one test for a QuantizedCheckpoint folder: it has the recipe it was made with."""
+    return Path(path).is_dir() and (Path(path) / "recipe.json").exists()
 
 
 @dataclass
@@ -99,8 +101,7 @@ class QuantizedCheckpoint:
         formats: dict[str, str] = {}
         for name, q in sorted(self.quantized.items()):
             formats[name] = q.fmt.name
-            data = pack_int4(q.qdata, q.fmt.symmetric) if q.fmt.kind == "int4" else q.qdata
-            tensors[f"{name}.qdata"] = data.contiguous()
+            tensors[f"{name}.qdata"] = q.fmt.pack(q.qdata).contiguous()
             if q.scale is not None:
                 tensors[f"{name}.scale"] = q.scale.to(torch.bfloat16).contiguous()
             if q.zero_point is not None:
@@ -143,9 +144,7 @@ class QuantizedCheckpoint:
                 quantized = {}
                 for name, fmt_name in formats.items():
                     fmt = QuantFormat.parse(fmt_name)
-                    data = f.get_tensor(f"{name}.qdata")
-                    if fmt.kind == "int4":
-                        data = unpack_int4(data, fmt.symmetric)
+                    data = fmt.unpack(f.get_tensor(f"{name}.qdata"))
                     scale = f.get_tensor(f"{name}.scale").float() if f"{name}.scale" in names else None
                     zp = f.get_tensor(f"{name}.zero_point") if f"{name}.zero_point" in names else None
                     quantized[name] = QTensor(fmt, data, scale, zp)
@@ -186,6 +185,23 @@ def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torc
     return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations), tok, path)
 
 
+def _has_vision(path: Path) -> bool:
+    mm = Path(path) / "multimodal_config.json"
+    try:
+        return "vision_config" in json.loads(mm.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def _load_vision(path: Path, dtype: torch.dtype = torch.float32, activations: str | None = None) -> VisionEncoder:
+    return QuantizedCheckpoint.load(path).build_vision(dtype, activations)
+
+
+# How `gemma_edge.model.load` opens these folders (the "gemma_edge.folders" entry point in pyproject.toml).
+QUANTIZED_FOLDER = FolderKind("quantized checkpoint", is_quantized_checkpoint, load_quantized, _has_vision,
+                              _load_vision)
+
+
 # ---- simulated dynamic activation quantization (8da4w) -----------------------------------------
 
 def fake_quantize_per_token_int8(x: torch.Tensor) -> torch.Tensor:
@@ -209,14 +225,16 @@ class DynamicInt8Linear(nn.Linear):
 
 def _quantize_activations(model: nn.Module, only: set[str] | None = None) -> None:
     """Every linear (or those whose weight is named in `only`) takes int8 per-token inputs."""
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            name = f"{parent_name}.{child_name}.weight".lstrip(".")
-            if type(child) is nn.Linear and (only is None or name in only):
-                new = DynamicInt8Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                        dtype=child.weight.dtype)
-                new.weight, new.bias = child.weight, child.bias
-                setattr(parent, child_name, new)
+
+    def replace(name: str, child: nn.Module) -> nn.Module | None:
+        if type(child) is not nn.Linear or (only is not None and f"{name}.weight" not in only):
+            return None
+        new = DynamicInt8Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                dtype=child.weight.dtype)
+        new.weight, new.bias = child.weight, child.bias
+        return new
+
+    swap_modules(model, replace)
     if isinstance(model, Gemma) and model.lm_head is None:  # a tied head shares the embedding table
         head = DynamicInt8Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
         head.weight = model.embed_tokens.weight

@@ -29,7 +29,9 @@ def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, meta
     """Written last, over the finished folder: `files` lists every other file with its sha256 and size.
     `activations`: how the artifact really computes ("int8_dynamic" when the runtime quantizes activations
     whatever the recipe says); the parity harness builds the matching reference from it."""
-    recipe_file = source / "recipe.json" if source.is_dir() else None
+    from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
+
+    recipe_file = source / "recipe.json" if is_quantized_checkpoint(source) else None
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,6 +29,30 @@ class LoadedModel:
     model: Gemma
     tokenizer: Tokenizer | None
     source: Path
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """A folder a later stage writes (a quantized checkpoint) that `load` opens through that stage. Each is
+    declared in pyproject.toml under `[project.entry-points."gemma_edge.folders"]`, so model/ imports no stage:
+    `recognises(path)`; `load(path, max_seq_len, dtype)` -> LoadedModel; `has_vision(path)`;
+    `load_vision(path, dtype, activations)` -> VisionEncoder."""
+
+    name: str
+    recognises: Callable[[Path], bool]
+    load: Callable[..., "LoadedModel"]
+    has_vision: Callable[[Path], bool]
+    load_vision: Callable[..., VisionEncoder]
+
+
+@cache
+def _folder_kinds() -> tuple[FolderKind, ...]:
+    return tuple(ep.load() for ep in sorted(entry_points(group="gemma_edge.folders"), key=lambda ep: ep.name))
+
+
+def folder_kind(path: Path) -> FolderKind | None:
+    """The stage's folder kind `path` is, None for a checkpoint folder or file."""
+    return next((k for k in _folder_kinds() if path.is_dir() and k.recognises(path)), None)
 
 
 def _is_gguf(path: Path) -> bool:
@@ -53,8 +80,9 @@ def read_checkpoint(path: str | Path, progress: bool = True) -> tuple[GemmaConfi
     path = Path(path)
     if _is_gguf(path):
         return read_gguf(path, progress=progress)
-    if (path / "recipe.json").exists():
-        raise GemmaEdgeError(f"{path}: is a quantized checkpoint; open it with gemma_edge.model.load "
+    kind = folder_kind(path)
+    if kind is not None:
+        raise GemmaEdgeError(f"{path}: is a {kind.name}; open it with gemma_edge.model.load "
                              "(it has no float weights to read or convert)")
     config = GemmaConfig.from_json_file(path / "config.json")
     state = read_state_dict(path)
@@ -69,10 +97,9 @@ def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = 
     """Build the reference model from a checkpoint; KV caches are sized for `max_seq_len` tokens
     (default: min(4096, the model's maximum context))."""
     path = Path(path)
-    if path.is_dir() and (path / "recipe.json").exists():  # a quantized checkpoint: the quantized reference
-        from gemma_edge.calibration.checkpoint import load_quantized
-
-        return load_quantized(path, max_seq_len=max_seq_len, dtype=dtype)
+    kind = folder_kind(path)
+    if kind is not None:  # e.g. a quantized checkpoint: the quantized reference
+        return kind.load(path, max_seq_len=max_seq_len, dtype=dtype)
     config, state, tok_bytes = read_checkpoint(path, progress=progress)
     seq = max_seq_len or min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
     if seq > config.max_position_embeddings:
@@ -91,9 +118,11 @@ def has_vision(path: str | Path) -> bool:
     """True for an HF folder whose config.json describes a vision tower (Gemma 3 4B+), or a quantized
     checkpoint made from one."""
     path = Path(path)
-    config = path / ("multimodal_config.json" if (path / "recipe.json").exists() else "config.json")
+    kind = folder_kind(path)
+    if kind is not None:
+        return kind.has_vision(path)
     try:
-        return path.is_dir() and "vision_config" in json.loads(config.read_text())
+        return path.is_dir() and "vision_config" in json.loads((path / "config.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return False
 
@@ -102,10 +131,9 @@ def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, activation
     """The vision tower and projector of a multimodal (Gemma 3 4B+) HF checkpoint folder, or the quantized
     one of a QuantizedCheckpoint (`activations` as in its `build_vision`)."""
     path = Path(path)
-    if path.is_dir() and (path / "recipe.json").exists():
-        from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
-
-        return QuantizedCheckpoint.load(path).build_vision(dtype, activations)
+    kind = folder_kind(path)
+    if kind is not None:
+        return kind.load_vision(path, dtype, activations)
     if _is_gguf(path):
         raise GemmaEdgeError(f"{path}: a GGUF file holds no vision tower here; pass the HF checkpoint folder")
     try:

@@ -35,11 +35,11 @@ NUDGE = 2.0 ** -22
 
 def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int | None = None) -> LoadedModel:
     """The reference an artifact must match: `source` loaded with the artifact's activation numerics."""
+    from gemma_edge.calibration.checkpoint import is_quantized_checkpoint, load_quantized
+
     activations = read_manifest(artifact_dir, complete=False).get("activations", "none")
     source = Path(source)
-    if (source / "recipe.json").exists():
-        from gemma_edge.calibration.checkpoint import load_quantized
-
+    if is_quantized_checkpoint(source):
         return load_quantized(source, max_seq_len=max_seq_len, activations=activations)
     return load(source, max_seq_len=max_seq_len, progress=False)
 

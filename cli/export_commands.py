@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
+from gemma_edge.runtimes.backends import BACKENDS
+
 from .common import MODEL_HELP, add_cache_option, add_command, add_verify_option, positive_int
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from gemma_edge.export.manifest import read_manifest
     from gemma_edge.pipeline.build import export
+    from gemma_edge.runtimes import artifact_files
 
     out = export(args.model, args.out, args.format, max_seq_len=args.max_seq_len, text_only=args.text_only,
                  cache=not args.no_cache, overwrite=args.overwrite)
     manifest = read_manifest(out)
-    files = [name for name in manifest["files"] if name.endswith((".pte", ".onnx", ".data"))]
+    files = [p.name for p in artifact_files(out)]
     size = sum(manifest["files"][n]["bytes"] for n in files) / 2**20
     print(f"wrote {out}: {' + '.join(files)} ({size:.1f} MiB, {manifest['artifact']} sha256 "
           f"{manifest['sha256'][:16]}…), {', '.join(n for n in manifest['files'] if n not in files)}, manifest.json")
@@ -51,7 +54,7 @@ def register(sub) -> None:
                     "GroupQueryAttention (local_window_size on sliding layers) and MatMulNBits, genai_config.json "
                     "for onnxruntime-genai, tokenizer.model, manifest.json. Integers and scales come from the "
                     "checkpoint unchanged.")
-    p.add_argument("format", choices=["pte", "onnx"], help="artifact kind")
+    p.add_argument("format", choices=list(BACKENDS), help="artifact kind")
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--max-seq-len", type=positive_int, default=2048, help="KV-cache length (longest prompt + answer)")

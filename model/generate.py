@@ -20,6 +20,13 @@ class Runner(Protocol):
     def decode(self, token: int) -> torch.Tensor: ...
 
 
+class MultimodalRunner(Runner, Protocol):
+    """A runner of a multimodal artifact: `images` holds the preprocessed pixels [N, 3, S, S] for the image
+    placeholders of the next prompt (None for a text-only prompt); it is read at the prompt's prefill."""
+
+    images: torch.Tensor | None
+
+
 def check_token_ids(tokens: Sequence[int], vocab_size: int) -> None:
     """Every runner refuses ids outside the vocabulary with the same one-line error."""
     bad = [t for t in tokens if not 0 <= t < vocab_size]

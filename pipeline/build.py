@@ -22,6 +22,7 @@ from gemma_edge.calibration.recipe import QuantRecipe
 from gemma_edge.model.atomic import atomic_dir, check_output_path
 from gemma_edge.model.bundled import resolve_model_path
 from gemma_edge.model.digest import content_digest
+from gemma_edge.runtimes.backends import BACKENDS, backend
 
 from .cache import BuildCache, default_cache
 
@@ -34,7 +35,7 @@ STAGE_CODE = {
     "check": ("model", "calibration", "export", "runtimes", "pipeline"),  # parity reports, bench figures
 }
 
-KINDS = ("pte", "onnx")
+KINDS = tuple(BACKENDS)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -140,17 +141,11 @@ def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 20
            cache: BuildCache | bool = True, overwrite: bool = False) -> Path:
     """A device artifact folder: `kind` "pte" (ExecuTorch) or "onnx" from a float or quantized checkpoint."""
     from gemma_edge.export.manifest import record_source
-    from gemma_edge.model.errors import GemmaEdgeError
 
-    if kind not in KINDS:
-        raise GemmaEdgeError(f"artifact kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    write = backend(kind).export
     source = resolve_model_path(source)
 
     def make(folder: Path, ow: bool) -> None:
-        if kind == "pte":
-            from gemma_edge.export.executorch import export_pte as write
-        else:
-            from gemma_edge.export.onnx import export_onnx as write
         write(source, folder, max_seq_len=max_seq_len, overwrite=ow, text_only=text_only)
 
     return _stage(f"export-{kind}", out, [source], {"max_seq_len": max_seq_len, "text_only": text_only}, make,

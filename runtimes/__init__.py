@@ -1,6 +1,6 @@
 """gemma_edge.runtimes: runners for exported artifacts behind one `Runner` protocol (`executorch_runner.py`,
-`onnx_runner.py`, `genai_runner.py`, `llamacpp_runner.py` for a GGUF), `open_runner` to pick one, the fidelity helpers
-(`parity.py`) and `bench.py`."""
+`onnx_runner.py`, `genai_runner.py`, `llamacpp_runner.py` for a GGUF), the backend table (`backends.py`),
+`open_runner` to pick one, the fidelity helpers (`parity.py`) and `bench.py`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gemma_edge.model.errors import GemmaEdgeError
 
-MODEL_SUFFIXES = (".pte", ".onnx", ".data")  # the files that hold a model (ONNX keeps weights beside the graph)
+from .backends import backend_of
 
 
 def artifact_files(folder: str | Path) -> list[Path]:
@@ -20,12 +20,10 @@ def artifact_files(folder: str | Path) -> list[Path]:
         return [folder]
     from gemma_edge.export.manifest import read_manifest
 
-    if not (folder / "model.pte").is_file() and not (folder / "model.onnx").is_file():
-        raise GemmaEdgeError(f"{folder}: neither model.pte nor model.onnx (nor a .gguf file); pass a folder written "
-                             "by gemma-edge export")
+    suffixes = backend_of(folder).suffixes
     manifest = read_manifest(folder)
     names = [manifest["artifact"]] + sorted(n for n in manifest.get("files", {})
-                                           if n.endswith(MODEL_SUFFIXES) and n != manifest["artifact"])
+                                           if n.endswith(suffixes) and n != manifest["artifact"])
     return [folder / n for n in names if (folder / n).is_file()]
 
 
@@ -53,14 +51,7 @@ def open_runner(folder: str | Path, threads: int | None = None, verify: bool = T
         from gemma_edge.export.manifest import verify_artifact
 
         verify_artifact(folder)
-    multimodal = artifact_vision(folder) is not None
-    if files[0].suffix == ".pte":
-        from .executorch_runner import ExecuTorchMultimodalRunner, ExecuTorchRunner
-
-        return ExecuTorchMultimodalRunner(folder) if multimodal else ExecuTorchRunner(files[0])
-    from .onnx_runner import OnnxMultimodalRunner, OnnxRunner
-
-    return OnnxMultimodalRunner(folder, threads=threads) if multimodal else OnnxRunner(folder, threads=threads)
+    return backend_of(folder).runner(Path(folder), threads, artifact_vision(folder) is not None)
 
 
 def probe(folder: str | Path, timeout: float = 600) -> None:

@@ -26,6 +26,7 @@ from gemma_edge.model import Gemma, LoadedModel, ReferenceRunner, generate, load
 from gemma_edge.model.errors import GemmaEdgeError
 
 from . import artifact_vision
+from .backends import backend_of
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -272,25 +273,10 @@ def prompts_from_file(path: str | Path, tokenizer) -> list[tuple[str, list[int]]
 
 
 def _runtime_loop(folder: Path, tokenizer):
-    """The runtime's own generation loop: (prompt ids, pixels or None) -> its greedy continuation, as text
-    (ExecuTorch's runners print text) or token ids (onnxruntime-genai hands them over). Multimodal artifacts
-    go through ExecuTorch's MultimodalRunner or genai's `gemma3` pipeline."""
-    meta = artifact_vision(folder)
-    if (folder / "model.pte").exists():
-        from .executorch_runner import StockTextRunner, join_byte_pieces, stock_multimodal_generate
-
-        if meta is None:
-            stock = StockTextRunner(folder)
-            return lambda ids, pixels: join_byte_pieces(stock.generate(tokenizer.decode(ids[1:]), GREEDY_TOKENS)[0])
-        from gemma_edge.model.image_processing import prompt_segments
-
-        return lambda ids, pixels: stock_multimodal_generate(
-            folder, prompt_segments(ids, meta["image_token_id"], meta["tokens_per_image"]), pixels, GREEDY_TOKENS)
-    from .genai_runner import GenAIRunner
-
-    genai = GenAIRunner(folder)
-    soft = (lambda ids: sum(t == meta["image_token_id"] for t in ids)) if meta else (lambda ids: 0)
-    return lambda ids, pixels: genai.generate(ids, GREEDY_TOKENS, pixels, soft(ids))
+    """The runtime's own generation loop (its backend's `stock_loop`): (prompt ids, pixels or None) -> its
+    greedy continuation, as text (ExecuTorch's runners print text) or token ids (onnxruntime-genai hands them
+    over)."""
+    return backend_of(folder).stock_loop(folder, tokenizer, artifact_vision(folder), GREEDY_TOKENS)
 
 
 def load_thresholds(path: str | Path | None = None) -> dict:
@@ -339,7 +325,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
         except GemmaEdgeError as e:
             report.failures.append(str(e))
             return report
-    multimodal = hasattr(runner, "images")
+    multimodal = artifact_vision(folder) is not None
     context = artifact_max_seq_len(manifest) or reference.model.max_seq_len
     prompts = list(prompts or default_prompts(tokenizer, reference.config.sliding_window, context - GREEDY_TOKENS))
     if image_prompts is None and multimodal:
@@ -393,7 +379,7 @@ def _open_checked(folder: Path):
     damaged .pte can abort ExecuTorch, which must fail the check rather than end this process."""
     from . import open_runner, probe  # looked up at call time: tests replace open_runner
 
-    if (folder / "model.pte").exists():
+    if backend_of(folder).probe_first:
         probe(folder)
     return open_runner(folder, threads=torch.get_num_threads(), verify=False)
 

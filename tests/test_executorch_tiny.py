@@ -181,3 +181,14 @@ def test_bench_reports_every_figure(tiny_export, capsys):
         assert report["file_mib"] == pytest.approx((folder / "model.pte").stat().st_size / 2**20)
     # the stock runner tokenized the repeated word itself: BOS + 15 words, one token each
     assert stock["stock_prompt_tokens"] == 16 and 1 <= stock["stock_decoded_tokens"] <= 4
+
+
+def test_the_pte_backend_record_matches_its_export(tiny_export):
+    from gemma_edge.export.manifest import read_manifest
+    from gemma_edge.runtimes import artifact_files
+    from gemma_edge.runtimes.backends import BACKENDS, backend_of
+
+    folder = tiny_export[1]
+    b, manifest = backend_of(folder), read_manifest(folder)
+    assert b is BACKENDS["pte"] and (b.artifact, b.runtime) == (manifest["artifact"], manifest["runtime"])
+    assert [p.name for p in artifact_files(folder)] == ["model.pte"]

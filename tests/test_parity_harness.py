@@ -154,3 +154,19 @@ def test_a_manifest_without_a_source_path_asks_for_one(clean_onnx, tmp_path):
     (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(GemmaEdgeError, match="records no source path.*--source"):
         run_parity(tmp_path / "old")
+
+
+def test_the_backend_table_says_what_its_exporter_writes(clean_onnx, tmp_path):
+    """Each backend's record (artifact, runtime, model files) agrees with the manifest its own exporter
+    wrote, and a folder with no artifact is refused naming every backend's file."""
+    from gemma_edge.export.manifest import read_manifest
+    from gemma_edge.runtimes import artifact_files
+    from gemma_edge.runtimes.backends import BACKENDS, backend_of
+
+    b, manifest = backend_of(clean_onnx), read_manifest(clean_onnx)
+    assert b is BACKENDS["onnx"] and (b.artifact, b.runtime) == (manifest["artifact"], manifest["runtime"])
+    assert [p.name for p in artifact_files(clean_onnx)] == ["model.onnx", "model.onnx.data"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GemmaEdgeError, match="neither model.pte nor model.onnx"):
+        backend_of(empty)

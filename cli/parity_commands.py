@@ -43,7 +43,7 @@ def register(sub) -> None:
                     "artifact (ExecuTorch's MultimodalRunner, genai's gemma3 pipeline). --against quantized (default) checks export "
                     "fidelity against the model the artifact came from, built as the artifact computes; "
                     "--against float measures what the recipe costs. Thresholds: "
-                    "gemma_edge/runtimes/thresholds.json. Exit 1 when any threshold fails, 2 on bad input.")
+                    "gemma_edge/runtimes/parity/thresholds.json. Exit 1 when any threshold fails, 2 on bad input.")
     p.add_argument("artifact", help="folder written by gemma-edge export (model.pte or model.onnx)")
     p.add_argument("--against", choices=["quantized", "float"], default="quantized")
     p.add_argument("--prompts", help="JSON list of prompt strings (default: built-in prompts)")

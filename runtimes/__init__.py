@@ -1,6 +1,6 @@
 """gemma_edge.runtimes: runners for exported artifacts behind one `Runner` protocol (`executorch_runner.py`,
 `onnx_runner.py`, `genai_runner.py`, `llamacpp_runner.py` for a GGUF), the backend table (`backends.py`),
-`open_runner` to pick one, the fidelity helpers (`parity.py`) and `bench.py`."""
+`open_runner` to pick one, parity (`parity/`, the last stage) and `bench.py`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,112 @@
+"""The reference an artifact is judged against, built as the artifact computes, and its noise floor.
+
+The reference of an artifact is the model it came from, built the way the artifact really computes
+(`manifest.json` "activations": XNNPACK runs every int4 linear on int8 dynamic activations, whatever the
+recipe). Its *noise floor* is the same reference with its embedding scale nudged by 2^-22 (an ulp-sized
+change, the size of the float differences between two correct runtimes). A model with int8 dynamic
+activations is chaotic at that scale — one flipped rounding moves its logits by O(1) — so no runtime can
+agree with it more closely than it agrees with itself.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from gemma_edge.export.manifest import read_manifest
+from gemma_edge.model import Gemma, LoadedModel, load
+from gemma_edge.model.errors import GemmaEdgeError
+
+from .metrics import top1_agreement
+
+
+NUDGE = 2.0 ** -22
+
+
+def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int | None = None) -> LoadedModel:
+    """The reference an artifact must match: `source` loaded with the artifact's activation numerics."""
+    from gemma_edge.calibration.checkpoint import is_quantized_checkpoint, load_quantized
+
+    activations = read_manifest(artifact_dir, complete=False).get("activations", "none")
+    source = Path(source)
+    if is_quantized_checkpoint(source):
+        return load_quantized(source, max_seq_len=max_seq_len, activations=activations)
+    return load(source, max_seq_len=max_seq_len, progress=False)
+
+
+def reference_logits(model: Gemma, tokens: Sequence[int], prefill: int,
+                     image_features: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits at positions prefill-1 .. len-1: the ones a runner returns after prefill and each decode."""
+    model.reset_caches()
+    with torch.no_grad():
+        logits = model(torch.tensor([list(tokens)]), torch.arange(len(tokens)), image_features=image_features)
+    return logits[0, prefill - 1:].clone()  # a copy: the view would keep every position's logits alive
+
+
+def runner_logits(runner, tokens: Sequence[int], prefill: int) -> torch.Tensor:
+    """The same positions from a `Runner`: one prefill call, then one decode per remaining token."""
+    runner.reset()
+    return torch.stack([runner.prefill(list(tokens[:prefill]))] + [runner.decode(t) for t in tokens[prefill:]])
+
+
+@contextmanager
+def nudged(model: Gemma, relative: float = NUDGE) -> Iterator[Gemma]:
+    """The model with its embedding scale multiplied by (1 + relative), restored afterwards."""
+    original = model.embed_scale
+    model.embed_scale = original * (1 + relative)
+    try:
+        yield model
+    finally:
+        model.embed_scale = original
+
+
+def noise_floor(model: Gemma, tokens: Sequence[int], prefill: int, base: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> float:
+    """Top-1 agreement of the reference with itself nudged by ±2^-22 and 2^-21 (mean of the three): the
+    best any runtime can expect to reach. `base`: the un-nudged `reference_logits`, when already computed."""
+    base = reference_logits(model, tokens, prefill, image_features) if base is None else base
+    agreements = []
+    for relative in (NUDGE, -NUDGE, 2 * NUDGE):
+        with nudged(model, relative):
+            agreements.append(top1_agreement(base, reference_logits(model, tokens, prefill, image_features)))
+    return sum(agreements) / len(agreements)
+
+
+def reference_path(artifact_dir: str | Path, against: str, source: str | Path | None = None) -> Path:
+    """The checkpoint an artifact is compared with: `source`, else the path its manifest records (for
+    "float", the float model that quantized checkpoint came from)."""
+    folder = Path(artifact_dir)
+    if against not in ("quantized", "float"):
+        raise GemmaEdgeError(f"--against must be quantized or float, not {against!r}")
+    if source is None:
+        recorded = read_manifest(folder)["source"].get("path")
+        if not isinstance(recorded, str):
+            raise GemmaEdgeError(f"{folder / 'manifest.json'}: records no source path (an older export); "
+                                 "pass --source PATH")
+        source = Path(recorded) if against == "quantized" else _float_source(Path(recorded))
+    source = Path(source)
+    if not source.exists():
+        raise GemmaEdgeError(f"{source}: the reference is not there (recorded in {folder / 'manifest.json'}); "
+                             "pass --source PATH")
+    return source
+
+
+def _float_source(quantized: Path) -> Path:
+    source_file = quantized / "source.json"
+    if not source_file.exists():
+        return quantized  # a float export: its source is the float model
+    return Path(json.loads(source_file.read_text())["path"])
+
+
+def _vision_encoder(source: Path, activations: str | None):
+    """The reference vision encoder (a quantized checkpoint's with the artifact's activation numerics)."""
+    from gemma_edge.model.loader import has_vision, load_vision
+
+    if not has_vision(source):
+        raise GemmaEdgeError(f"{source}: the reference has no vision tower, so image prompts cannot be checked; "
+                             "pass --source with the multimodal checkpoint the artifact came from")
+    return load_vision(source, activations=activations)

@@ -1,2 +1,2 @@
-"""gemma_edge.calibration: quant formats, recipes, calibration data and observers, PTQ, the
-QuantizedCheckpoint and evaluation. QAT (issue 7) is not built yet."""
+"""gemma_edge.calibration: quant formats as types, recipes, calibration data and observers, PTQ, QAT,
+grid import, the QuantizedCheckpoint (and how `gemma_edge.model.load` opens one) and evaluation."""

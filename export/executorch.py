@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.model.atomic import atomic_dir, check_output_path
+from gemma_edge.model.atomic import check_output_path
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import (Gemma, RMSNorm, as_dtype, attention_mask, full_cache_key_groups, gelu_tanh_explicit,
                                     image_groups, register_kv, ring_key_groups, ring_key_positions, rotate_half)
@@ -33,7 +33,7 @@ from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionEncoder
 
-from .manifest import vision_metadata, write_manifest
+from .manifest import vision_metadata, write_artifact
 
 
 def _load_custom_ops() -> None:
@@ -353,9 +353,7 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
     metadata = runner_metadata(model, tokenizer.stop_ids)
     if vision is not None:  # what a runner needs to preprocess images and build the prompt
         metadata["vision"] = vision_metadata(vision.config, settings_for(source, vision.config.image_size))
-    with atomic_dir(out, overwrite=overwrite, inputs=[source]) as tmp:
-        (tmp / "model.pte").write_bytes(pte)
-        (tmp / "tokenizer.model").write_bytes(tokenizer.serialized)
-        write_manifest(tmp, source, artifact="model.pte", runtime="executorch", metadata=metadata,
-                       activations="int8_dynamic" if is_quantized_checkpoint(source) else "none")
-    return Path(out)
+    return write_artifact(out, source, overwrite, artifact="model.pte", runtime="executorch",
+                          tokenizer_model=tokenizer.serialized, metadata=metadata,
+                          write=lambda folder: (folder / "model.pte").write_bytes(pte),
+                          activations="int8_dynamic" if is_quantized_checkpoint(source) else "none")

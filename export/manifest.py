@@ -9,7 +9,7 @@ import hashlib
 import json
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gemma_edge.model.digest import content_digest, sha256_file
 from gemma_edge.model.errors import GemmaEdgeError
@@ -116,3 +116,17 @@ def vision_metadata(config, settings) -> dict[str, Any]:
     return {"image_size": config.image_size, "image_mean": list(settings.mean), "image_std": list(settings.std),
             "tokens_per_image": config.mm_tokens_per_image, "image_token_id": config.image_token_id,
             "boi_token_id": config.boi_token_id, "eoi_token_id": config.eoi_token_id}
+
+
+def write_artifact(out: str | Path, source: Path, overwrite: bool, *, artifact: str, runtime: str,
+                   tokenizer_model: bytes, metadata: dict[str, Any], write: Callable[[Path], None],
+                   activations: str = "none") -> Path:
+    """Every exporter's last step, written once: the backend's files (`write(folder)`), tokenizer.model and
+    the manifest, into a folder that appears at `out` whole or not at all."""
+    from gemma_edge.model.atomic import atomic_dir
+
+    with atomic_dir(out, overwrite=overwrite, inputs=[source]) as tmp:
+        write(tmp)
+        (tmp / "tokenizer.model").write_bytes(tokenizer_model)
+        write_manifest(tmp, source, artifact=artifact, runtime=runtime, metadata=metadata, activations=activations)
+    return Path(out)

@@ -25,13 +25,13 @@ import onnx_ir as ir
 import torch
 
 from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
-from gemma_edge.model.atomic import atomic_dir, check_output_path
+from gemma_edge.model.atomic import check_output_path
 from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
 
 from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
 
 from . import onnx_quant
-from .manifest import vision_metadata, write_manifest
+from .manifest import vision_metadata, write_artifact
 
 OPSET = 23
 EXTERNAL_DATA = "model.onnx.data"
@@ -375,17 +375,18 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
         models["embedding.onnx"] = build_embedding_graph(w, vision.config.image_token_id)
         settings = settings_for(source, vision.config.image_size)
         metadata["vision"] = vision_metadata(vision.config, settings)
-    with atomic_dir(out, overwrite=overwrite, inputs=[source]) as tmp:
+
+    def write(folder: Path) -> None:
         for name, model in models.items():
-            ir.save(model, tmp / name, external_data=name + ".data")
-            onnx.checker.check_model(str(tmp / name), full_check=False)
-        _write_json(tmp / "genai_config.json",
+            ir.save(model, folder / name, external_data=name + ".data")
+            onnx.checker.check_model(str(folder / name), full_check=False)
+        _write_json(folder / "genai_config.json",
                     genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None))
         if vision is not None:
-            _write_json(tmp / "processor_config.json", processor_config(settings))
-        (tmp / "tokenizer.model").write_bytes(w.tokenizer.serialized)
-        _write_json(tmp / "tokenizer_config.json",
+            _write_json(folder / "processor_config.json", processor_config(settings))
+        _write_json(folder / "tokenizer_config.json",
                     {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
                      "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False})
-        write_manifest(tmp, source, artifact="model.onnx", runtime="onnxruntime", metadata=metadata)
-    return Path(out)
+
+    return write_artifact(out, source, overwrite, artifact="model.onnx", runtime="onnxruntime",
+                          tokenizer_model=w.tokenizer.serialized, metadata=metadata, write=write)

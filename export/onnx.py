@@ -28,7 +28,7 @@ from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
 from gemma_edge.model.atomic import check_output_path
 from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
 
-from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
+from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD, PRESETS
 
 from . import onnx_quant
 from .manifest import vision_metadata, write_artifact
@@ -359,8 +359,9 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     check_output_path(out, [source], overwrite)
     w = read_weights(source)
     if w.activations != "none":
+        weight_only = ", ".join(name for name, r in PRESETS.items() if r.activations == "none")
         raise GemmaEdgeError(f"{source}: recipe quantizes activations ({w.activations}); ONNX export takes "
-                             "weight-only recipes (int4-block32, int4-block32-emb4, int4-channel, fp8)")
+                             f"weight-only recipes ({weight_only})")
     if w.tokenizer is None:
         raise GemmaEdgeError(f"{source}: no tokenizer.model; the ONNX folder ships with one")
     if max_seq_len > w.config.max_position_embeddings:

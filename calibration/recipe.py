@@ -104,4 +104,5 @@ PRESETS: dict[str, QuantRecipe] = {r.name: r for r in [
     QuantRecipe("fp8", linear="fp8_e4m3", embedding="fp8_e4m3", lm_head="fp8_e4m3"),
     QuantRecipe("8da4w", linear="int4_block32", embedding="int8_channel", lm_head="int4_block32",
                 activations="int8_dynamic"),
+    QuantRecipe("int8-block32", linear="int8_block32", embedding="int8_block32", lm_head="int8_block32"),
 ]}

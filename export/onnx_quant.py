@@ -1,7 +1,8 @@
 """What each weight format becomes in the ONNX graph: one table per use (linear, embedding gather, tied head).
 
-int4 grids → `MatMulNBits` (the checkpoint's integers offset by 8, two per byte low nibble first, its bf16
-scales as float32, float activations); symmetric int8 per channel and fp8 → `DequantizeLinear` + MatMul.
+int4 grids and symmetric int8 blocks → `MatMulNBits` (the checkpoint's integers offset by 8 / 128, int4 two
+per byte low nibble first, its bf16 scales as float32, float activations); symmetric int8 per channel and
+fp8 → `DequantizeLinear` + MatMul.
 The embedding is a Gather of the same integers (+ dequantize), and a tied LM head reads the very tensors
 the Gather reads, so the table is stored once. A format missing from a table has no ONNX export.
 """
@@ -37,7 +38,8 @@ def _fp8(f: QuantFormat) -> bool:
 # ---- packing ------------------------------------------------------------------------------------
 
 def nbits(b: GraphBuilder, name: str, q: QTensor) -> tuple[ir.Value, ir.Value, int]:
-    """An int4 QTensor in MatMulNBits layout: packed [N, K / block, block / 2], scales [N * K / block].
+    """An int4 or int8 QTensor in MatMulNBits layout: packed [N, K / block, block * bits / 8], scales
+    [N * K / block]. Symmetric integers are stored offset by 2^(bits - 1), int4 two per byte low nibble first.
 
     MatMulNBits takes power-of-two blocks of at least 16; a per-channel scale over a K that is not one
     (640 in the 270M) is repeated over 128-wide blocks. Integers and scale values are unchanged."""
@@ -46,8 +48,11 @@ def nbits(b: GraphBuilder, name: str, q: QTensor) -> tuple[ir.Value, ir.Value, i
     if block & (block - 1) or block < 16:
         block = math.gcd(k, 128)
         scale = scale.repeat_interleave(k // block // scale.shape[1], dim=1)
-    packed = pack_int4(q.qdata, signed=q.fmt.symmetric)  # symmetric: + 8; asymmetric: already 0..15
-    packed = b.init(name + ".nbits", packed.reshape(n, k // block, block // 2))
+    if q.fmt.bits == 4:
+        packed = pack_int4(q.qdata, signed=q.fmt.symmetric)  # symmetric: + 8; asymmetric: already 0..15
+    else:
+        packed = (q.qdata.to(torch.int16) + 128).to(torch.uint8)  # symmetric int8 (the table admits no other)
+    packed = b.init(name + ".nbits", packed.reshape(n, k // block, block * q.fmt.bits // 8))
     return packed, b.init(name + ".nbits_scale", scale.reshape(-1)), block
 
 
@@ -69,7 +74,7 @@ def matmul_nbits(b: GraphBuilder, x: ir.Value, name: str, q: QTensor) -> ir.Valu
         zp = q.zero_point.to(torch.uint8).repeat_interleave(k // block // q.zero_point.shape[1], dim=1)
         zp = torch.nn.functional.pad(zp, (0, zp.shape[1] % 2))
         inputs.append(b.init(name + ".nbits_zp", zp[:, 0::2] | (zp[:, 1::2] << 4)))
-    return b.op("MatMulNBits", *inputs, domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
+    return b.op("MatMulNBits", *inputs, domain="com.microsoft", K=k, N=n, bits=q.fmt.bits, block_size=block,
                 accuracy_level=0)
 
 
@@ -82,6 +87,7 @@ def dequantize_matmul(b: GraphBuilder, x: ir.Value, name: str, q: QTensor) -> ir
 
 LINEAR: list[Lowering] = [
     Lowering("int4 per block or per channel", _int(4), matmul_nbits),
+    Lowering("symmetric int8 per block", _int(8, block=True, symmetric=True), matmul_nbits),
     Lowering("symmetric int8 per channel", _int(8, block=False, symmetric=True), dequantize_matmul),
     Lowering("fp8_e4m3", _fp8, dequantize_matmul),
 ]
@@ -116,6 +122,16 @@ def gather_int4(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
     return _grouped_rows(b, values, scales, hidden, block)
 
 
+def gather_int8_blocks(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
+    """Rows of the MatMulNBits tensors a tied head reads (integers + 128), so the table is stored once."""
+    vocab, hidden = q.shape
+    packed, flat_scale, block = nbits(b, EMBEDDING, q)
+    rows = b.op("Gather", b.op("Reshape", packed, b.const_i64(vocab, hidden)), ids)
+    scales = b.op("Gather", b.op("Reshape", flat_scale, b.const_i64(vocab, hidden // block)), ids)
+    values = b.op("Sub", b.op("Cast", rows, to=ir.DataType.FLOAT), b.const_f32(128.0))
+    return _grouped_rows(b, values, scales, hidden, block)
+
+
 def gather_fp8(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
     """ONNX Runtime's Gather takes no float8: rows of the dequantized table, which the tied head reads too."""
     return b.op("Gather", fp8_table(b, q), ids)
@@ -131,6 +147,7 @@ def gather_int8(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
 
 GATHER: list[Lowering] = [
     Lowering("symmetric int4", _int(4, symmetric=True), gather_int4),
+    Lowering("symmetric int8 per block", _int(8, block=True, symmetric=True), gather_int8_blocks),
     Lowering("fp8_e4m3", _fp8, gather_fp8),
     Lowering("symmetric int8", _int(8, symmetric=True), gather_int8),
 ]
@@ -143,7 +160,7 @@ def embedding(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
 
 # ---- the LM head tied to a quantized embedding ------------------------------------------------
 
-def tied_int4(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
+def tied_nbits(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
     return matmul_nbits(b, x, EMBEDDING, q)  # the same packed bytes and scales as the Gather
 
 
@@ -158,7 +175,8 @@ def tied_int8(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
 
 
 TIED_HEAD: list[Lowering] = [
-    Lowering("int4", _int(4), tied_int4),
+    Lowering("int4", _int(4), tied_nbits),
+    Lowering("symmetric int8 per block", _int(8, block=True, symmetric=True), tied_nbits),
     Lowering("fp8_e4m3", _fp8, tied_fp8),
     Lowering("int8 per channel", _int(8, block=False), tied_int8),
 ]

@@ -145,11 +145,11 @@ def test_refusals_name_what_each_backend_lowers():
     # what docs/quantization.md says each backend runs
     expected = {"XNNPACK linear": {"int4_block32", "int4_channel", "int8_channel"},
                 "ONNX linear": {"int4_block32", "int4_block16", "int4_channel", "int4_block32_asym", "int8_channel",
-                                "fp8_e4m3"},
+                                "int8_block32", "fp8_e4m3"},
                 "ONNX gather": {"int4_block32", "int4_block16", "int4_channel", "int8_channel", "int8_block32",
                                 "fp8_e4m3"},
                 "ONNX tied head": {"int4_block32", "int4_block16", "int4_channel", "int4_block32_asym", "int8_channel",
-                                   "fp8_e4m3"}}
+                                   "int8_block32", "fp8_e4m3"}}
     tables = {"XNNPACK linear": xnnpack_quant.LINEAR, "ONNX linear": onnx_quant.LINEAR,
               "ONNX gather": onnx_quant.GATHER, "ONNX tied head": onnx_quant.TIED_HEAD}
     for name, table in tables.items():

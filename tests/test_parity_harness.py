@@ -170,3 +170,28 @@ def test_the_backend_table_says_what_its_exporter_writes(clean_onnx, tmp_path):
     empty.mkdir()
     with pytest.raises(GemmaEdgeError, match="neither model.pte nor model.onnx"):
         backend_of(empty)
+
+
+def test_int8_block32_end_to_end(tiny):
+    """The int8-block32 preset: ONNX computes its quantized reference (MatMulNBits with 8 bits for the
+    linears and the tied head, whose tensors the Gather reads too, so the table is stored once) and passes
+    parity; XNNPACK has no int8 block kernel, and the .pte export says what it takes."""
+    from gemma_edge.calibration.ptq import quantize_model
+    from gemma_edge.calibration.recipe import PRESETS
+    from gemma_edge.model import load
+
+    root, ckpt = tiny
+    q = quantize_model(load(ckpt), PRESETS["int8-block32"], progress=False).save(root / "q-int8-block32")
+    folder = export_onnx(q, root / "onnx-int8-block32", max_seq_len=256)
+    report = assert_parity(folder)
+    assert report.gate == "fidelity.weight_only" and all(p.greedy_tokens == 32 for p in report.prompts)
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(a.i == 8 for n in nbits for a in n.attribute if a.name == "bits")
+    assert "embed_tokens.weight.nbits" in {n.input[1] for n in nbits}  # the head
+    inits = {i.name for i in model.graph.initializer}
+    assert "embed_tokens.weight.nbits" in inits and not any(n.startswith("lm_head") for n in inits)
+    assert not any(n.startswith("embed_tokens.weight.qdata") for n in inits)  # no second copy for the Gather
+    with pytest.raises(GemmaEdgeError, match="int8_block32 has no XNNPACK kernel.*symmetric int8 per channel"):
+        export_pte(q, root / "pte-int8-block32")
+    assert not (root / "pte-int8-block32").exists()

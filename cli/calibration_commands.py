@@ -51,11 +51,13 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if args.clip:
         recipe = dataclasses.replace(recipe, clip=args.clip)
     calibration = Calibration(Path(args.stats) if args.stats else None, tuple(map(Path, args.calib)), args.samples,
-                              args.seq_len)
+                              args.seq_len, data_free=not args.unweighted, seed=args.seed)
     out = quantize(args.model, args.out, recipe, calibration, cache=not args.no_cache, overwrite=args.overwrite)
     size = sum(r["bytes"] for r in json.loads((out / "quant_report.json").read_text()))
-    print(f"wrote {out} ({recipe.name}, clip {recipe.clip}, "
-          f"{'activation-weighted' if calibration.inputs else 'weight'} error, {size / 2**20:.1f} MiB of weights)")
+    how = "min-max" if recipe.clip == "minmax" else (
+        "activation-weighted MSE" + (" (data-free statistics)" if calibration.sampled else "")
+        if calibration.weighted else "weight MSE")
+    print(f"wrote {out} ({recipe.name}, clip {how}, {size / 2**20:.1f} MiB of weights)")
 
 
 def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
@@ -185,7 +187,7 @@ def cmd_import_qat(args: argparse.Namespace) -> None:
 
 
 def _calib_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib", nargs="+", default=[], metavar="FILE",
+    p.add_argument("--calib", "--data", nargs="+", default=[], metavar="FILE", dest="calib",
                    help="calibration text (.txt, or .jsonl with a 'text' field); default: sample from the model")
     p.add_argument("--samples", type=positive_int, default=8, help="number of calibration sequences")
     p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per calibration sequence")
@@ -208,12 +210,18 @@ def register(sub) -> None:
     p = add_command(sub, "quantize", cmd_quantize, "post-training quantization to a QuantizedCheckpoint",
                     "Quantize MODEL with a recipe and write a QuantizedCheckpoint folder (integers, bf16 scales, "
                     "recipe.json, config.json, tokenizer.model, quant_report.json) that the exporters consume "
-                    f"and `gemma_edge.model.load` opens as the quantized reference. Presets: {', '.join(PRESETS)}.")
+                    f"and `gemma_edge.model.load` opens as the quantized reference. Presets: {', '.join(PRESETS)}. "
+                    "By default each scale's clip ratio minimises the layer's expected output error, weighted by "
+                    "activation statistics the model computes on text it samples itself (data-free, seeded, "
+                    "cached per checkpoint); --calib/--data or --stats give it other text, --unweighted the plain "
+                    "weight error.")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--recipe", required=True, help="a preset name or a recipe JSON file")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--clip", choices=["mse", "minmax"], help="override the recipe's clipping method")
     p.add_argument("--stats", help="calibration folder from `gemma-edge calibrate` (activation-weighted search)")
+    p.add_argument("--unweighted", action="store_true",
+                   help="weigh every input feature alike in the clip search (no calibration statistics)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_cache_option(p)
     _calib_options(p)

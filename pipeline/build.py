@@ -76,22 +76,35 @@ def convert(source: str | Path, out: str | Path, dtype: str = "float32", cache: 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Where the activation statistics of a weighted clip search come from: a `gemma-edge calibrate`
-    folder, or calibration text files cut into `samples` sequences of `seq_len` tokens. Neither: the
-    search weighs every input feature alike."""
+    """Where the activation statistics of the weighted clip search come from: a `gemma-edge calibrate`
+    folder, calibration text files cut into `samples` sequences of `seq_len` tokens, or by default
+    (`data_free`) `samples` sequences the float model samples itself (seeded; cached per checkpoint, so
+    every recipe of one model reuses them). `data_free=False` with neither: every input feature alike."""
 
     stats: Path | None = None
     texts: tuple[Path, ...] = ()
     samples: int = 8
     seq_len: int = 256
+    data_free: bool = True
+    seed: int = 0
 
     @property
     def inputs(self) -> list[Path]:
         return ([self.stats] if self.stats else []) + list(self.texts)
 
+    @property
+    def sampled(self) -> bool:
+        return self.data_free and self.stats is None and not self.texts
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.inputs) or self.sampled
+
     def describe(self) -> dict:
-        return {"stats": self.stats is not None, "texts": len(self.texts),
-                "samples": self.samples if self.texts else None, "seq_len": self.seq_len if self.texts else None}
+        cut = bool(self.texts) or self.sampled
+        return {"stats": self.stats is not None, "texts": len(self.texts), "data_free": self.sampled,
+                "samples": self.samples if cut else None, "seq_len": self.seq_len if cut else None,
+                "seed": self.seed if self.sampled else None}
 
 
 def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
@@ -107,7 +120,8 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
         from gemma_edge.calibration.ptq import quantize_model
 
         loaded = _load_for_calibration(source, calibration.seq_len)
-        quantize_model(loaded, recipe, _stats(loaded, calibration, progress), progress=progress).save(folder, overwrite=ow)
+        stats = _stats(loaded, calibration, cache, progress) if recipe.clip == "mse" else None  # minmax: no search
+        quantize_model(loaded, recipe, stats, progress=progress).save(folder, overwrite=ow)
 
     return _stage("quantize", out, [source, *calibration.inputs],
                   {"recipe": recipe.to_dict(), "calibration": calibration.describe()}, make, cache, overwrite,
@@ -124,8 +138,8 @@ def _load_for_calibration(source: Path, seq_len: int):
     return loaded
 
 
-def _stats(loaded, calibration: Calibration, progress: bool):
-    from gemma_edge.calibration.data import read_texts, token_sequences
+def _stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress: bool):
+    from gemma_edge.calibration.data import read_texts, sample_sequences, token_sequences
     from gemma_edge.calibration.observers import CalibrationStats, collect_stats
 
     if calibration.stats is not None:
@@ -134,7 +148,20 @@ def _stats(loaded, calibration: Calibration, progress: bool):
         sequences = token_sequences(read_texts(calibration.texts), loaded.tokenizer, calibration.seq_len,
                                     calibration.samples)
         return collect_stats(loaded.model, sequences, progress=progress)
-    return None
+    if not calibration.sampled:
+        return None
+
+    def make(folder: Path) -> None:
+        sequences = sample_sequences(loaded, calibration.samples, calibration.seq_len, calibration.seed, progress)
+        collect_stats(loaded.model, sequences, progress=progress).save(folder)
+
+    store = _cache(cache)
+    if store is None:
+        sequences = sample_sequences(loaded, calibration.samples, calibration.seq_len, calibration.seed, progress)
+        return collect_stats(loaded.model, sequences, progress=progress)
+    key = {"options": calibration.describe(), "inputs": [content_digest(loaded.source)]}
+    with store.open("calibrate", key, make, STAGE_CODE["quantize"]) as (folder, _):
+        return CalibrationStats.load(folder)
 
 
 def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 2048, text_only: bool = False,

@@ -198,6 +198,23 @@ def test_cli_calibrate_quantize_eval(tmp_path, tiny_dir, capsys):
     assert (tmp_path / "report" / "weight_errors.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_quantize_weighs_by_data_free_statistics_by_default(tmp_path, tiny_dir):
+    """`quantize` alone is `calibrate` (data-free: the same samples, length and seed) then `quantize --stats`,
+    through the cache or not; `--unweighted` is the plain weight-error search, and it differs."""
+    small = ["--seq-len", "32", "--samples", "2"]
+
+    def weights(name: str, *extra: str) -> bytes:
+        assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / name),
+                     *small, *extra]) == 0
+        return (tmp_path / name / "model.safetensors").read_bytes()
+
+    assert main(["calibrate", str(tiny_dir), "--out", str(tmp_path / "stats"), *small]) == 0
+    explicit = weights("q-stats", "--stats", str(tmp_path / "stats"), "--no-cache")
+    assert weights("q-default", "--no-cache") == explicit
+    assert weights("q-cached") == explicit
+    assert weights("q-plain", "--unweighted", "--no-cache") != explicit
+
+
 @pytest.mark.parametrize("argv,message", [
     (["quantize", "{tiny}", "--recipe", "int4-channel", "--out", "{out}", "--calib", "{empty}"],
      "calibration set is empty"),

@@ -90,3 +90,11 @@ def test_logit_metrics_in_chunks_equal_the_whole_tensor_formulas():
     for key, value in expected.items():
         assert got_metrics[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
     assert 0 < expected["kl"] and 0 < expected["top5"] < 1  # the case is not degenerate
+
+
+def test_every_preset_has_quantization_loss_thresholds():
+    """`parity --against float` (and the quickstart with --recipe) gates on the recipe's entry: a preset
+    without one would fail every such run."""
+    from gemma_edge.runtimes.parity import load_thresholds
+
+    assert set(PRESETS) <= set(load_thresholds()["quantization_loss"])

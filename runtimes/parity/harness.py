@@ -23,8 +23,6 @@ from .report import MIN_LOSS_POSITIONS, ParityReport, PromptResult
 
 
 THRESHOLDS = Path(__file__).with_name("thresholds.json")
-
-
 GREEDY_TOKENS = 32
 
 

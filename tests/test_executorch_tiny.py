@@ -138,6 +138,7 @@ def test_refusals_name_what_each_backend_lowers():
     from gemma_edge.calibration.formats import QuantFormat, quantize
     from gemma_edge.export import onnx_quant, xnnpack_quant
     from gemma_edge.export.lowering import lowering_for
+    from gemma_edge.runtimes.backends import BACKENDS
 
     w = torch.randn(8, 64) * 0.1
     names = ["int4_block32", "int4_block16", "int4_channel", "int4_block32_asym", "int8_channel", "int8_block32",
@@ -150,8 +151,10 @@ def test_refusals_name_what_each_backend_lowers():
                                 "fp8_e4m3"},
                 "ONNX tied head": {"int4_block32", "int4_block16", "int4_channel", "int4_block32_asym", "int8_channel",
                                    "int8_block32", "fp8_e4m3"}}
-    tables = {"XNNPACK linear": xnnpack_quant.LINEAR, "ONNX linear": onnx_quant.LINEAR,
-              "ONNX gather": onnx_quant.GATHER, "ONNX tied head": onnx_quant.TIED_HEAD}
+    pte, ort = BACKENDS["pte"].lowerings(), BACKENDS["onnx"].lowerings()  # what each backend declares
+    tables = {"XNNPACK linear": pte["linear"], "ONNX linear": ort["linear"], "ONNX gather": ort["embedding"],
+              "ONNX tied head": ort["tied head"]}
+    assert tables["XNNPACK linear"] is xnnpack_quant.LINEAR and tables["ONNX gather"] is onnx_quant.GATHER
     for name, table in tables.items():
         assert {n for n in names if any(e.accepts(QuantFormat.parse(n)) for e in table)} == expected[name], name
         for fmt_name in names:

@@ -8,6 +8,8 @@ A refactor must not change one byte of what a user ships: each side runs `gemma-
 then `export pte` and `export onnx --no-cache` from it, in a fresh process, into the same paths (so that
 paths recorded in manifests agree), and the table lists every file's sha256 on both sides. Exit 1 when a
 file differs. The baseline's code is a `git worktree` of REV, put on PYTHONPATH ahead of this tree.
+Both sides quantize with their own default: compare revisions on the same side of fdee0a9 (where the
+default clip search became weighted by data-free statistics).
 """
 
 from __future__ import annotations

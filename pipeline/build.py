@@ -151,16 +151,15 @@ def _stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress:
     if not calibration.sampled:
         return None
 
-    def make(folder: Path) -> None:
+    def sampled() -> CalibrationStats:
         sequences = sample_sequences(loaded, calibration.samples, calibration.seq_len, calibration.seed, progress)
-        collect_stats(loaded.model, sequences, progress=progress).save(folder)
+        return collect_stats(loaded.model, sequences, progress=progress)
 
     store = _cache(cache)
     if store is None:
-        sequences = sample_sequences(loaded, calibration.samples, calibration.seq_len, calibration.seed, progress)
-        return collect_stats(loaded.model, sequences, progress=progress)
+        return sampled()
     key = {"options": calibration.describe(), "inputs": [content_digest(loaded.source)]}
-    with store.open("calibrate", key, make, STAGE_CODE["quantize"]) as (folder, _):
+    with store.open("calibrate", key, lambda folder: sampled().save(folder), STAGE_CODE["quantize"]) as (folder, _):
         return CalibrationStats.load(folder)
 
 

@@ -112,20 +112,20 @@ class GraphBuilder:
         q = self.w.quantized.get(name)
         if q is None:
             return self.op("MatMul", x, self.init(name + ".T", self.w.floats[name].float().t()))
-        return onnx_quant.linear(self, x, name, q)
+        return onnx_quant.lowering(onnx_quant.LINEAR, name, q)(self, x, name, q)
 
     def embedding(self, ids: ir.Value) -> ir.Value:
         q = self.w.quantized.get(EMBEDDING)
         if q is None:
             return self.op("Gather", self.init(EMBEDDING, self.w.floats[EMBEDDING].float()), ids)
-        return onnx_quant.embedding(self, ids, q)
+        return onnx_quant.lowering(onnx_quant.GATHER, EMBEDDING, q)(self, ids, q)
 
     def lm_head(self, x: ir.Value) -> ir.Value:
         if LM_HEAD in self.w.quantized or LM_HEAD in self.w.floats:
             return self.linear(x, LM_HEAD)
         q = self.w.quantized.get(EMBEDDING)
         if q is not None:
-            return onnx_quant.tied_head(self, x, q)
+            return onnx_quant.lowering(onnx_quant.TIED_HEAD, f"{LM_HEAD} (tied to {EMBEDDING})", q)(self, x, q)
         return self.gemm_head(x, self.init(EMBEDDING, self.w.floats[EMBEDDING].float()))
 
     def gemm_head(self, x: ir.Value, table: ir.Value) -> ir.Value:

@@ -56,12 +56,14 @@ def nbits(b: GraphBuilder, name: str, q: QTensor) -> tuple[ir.Value, ir.Value, i
     return packed, b.init(name + ".nbits_scale", scale.reshape(-1)), block
 
 
-def fp8_table(b: GraphBuilder, q: QTensor) -> ir.Value:
-    """The fp8 embedding dequantized with its per-row scales, built once and shared by Gather and head."""
-    if "fp8_table" not in b._consts:
-        b._consts["fp8_table"] = b.op("DequantizeLinear", b.init(EMBEDDING + ".qdata", q.qdata),
-                                      b.init(EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
-    return b._consts["fp8_table"]
+def dequantized_table(b: GraphBuilder, q: QTensor) -> ir.Value:
+    """A per-row-scaled embedding (fp8, int8 per channel) dequantized, built once and shared by the Gather
+    and the tied head."""
+    if "dequantized_table" not in b._consts:
+        b._consts["dequantized_table"] = b.op(
+            "DequantizeLinear", b.init(EMBEDDING + ".qdata", q.qdata),
+            b.init(EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
+    return b._consts["dequantized_table"]
 
 
 # ---- linears: x @ W.T ---------------------------------------------------------------------------
@@ -91,11 +93,6 @@ LINEAR: list[Lowering] = [
     Lowering("symmetric int8 per channel", _int(8, block=False, symmetric=True), dequantize_matmul),
     Lowering("fp8_e4m3", _fp8, dequantize_matmul),
 ]
-
-
-def linear(b: GraphBuilder, x: ir.Value, name: str, q: QTensor) -> ir.Value:
-    handler = lowering_for(LINEAR, q.fmt, f"{name}: format {q.fmt.name} has no ONNX export; choose another recipe")
-    return handler(b, x, name, q)
 
 
 # ---- the embedding gather -----------------------------------------------------------------------
@@ -134,7 +131,7 @@ def gather_int8_blocks(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
 
 def gather_fp8(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
     """ONNX Runtime's Gather takes no float8: rows of the dequantized table, which the tied head reads too."""
-    return b.op("Gather", fp8_table(b, q), ids)
+    return b.op("Gather", dequantized_table(b, q), ids)
 
 
 def gather_int8(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
@@ -153,35 +150,24 @@ GATHER: list[Lowering] = [
 ]
 
 
-def embedding(b: GraphBuilder, ids: ir.Value, q: QTensor) -> ir.Value:
-    handler = lowering_for(GATHER, q.fmt, f"embedding format {q.fmt.name} has no ONNX export; use a symmetric one")
-    return handler(b, ids, q)
-
-
 # ---- the LM head tied to a quantized embedding ------------------------------------------------
 
 def tied_nbits(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
     return matmul_nbits(b, x, EMBEDDING, q)  # the same packed bytes and scales as the Gather
 
 
-def tied_fp8(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
-    return b.gemm_head(x, fp8_table(b, q))
-
-
-def tied_int8(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
-    table = b.op("DequantizeLinear", b.init(EMBEDDING + ".qdata", q.qdata),
-                 b.init(EMBEDDING + ".scale_flat", q.scale.float().reshape(-1)), axis=0)
-    return b.gemm_head(x, table)
+def tied_dequantized(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
+    return b.gemm_head(x, dequantized_table(b, q))
 
 
 TIED_HEAD: list[Lowering] = [
     Lowering("int4", _int(4), tied_nbits),
     Lowering("symmetric int8 per block", _int(8, block=True, symmetric=True), tied_nbits),
-    Lowering("fp8_e4m3", _fp8, tied_fp8),
-    Lowering("int8 per channel", _int(8, block=False), tied_int8),
+    Lowering("fp8_e4m3", _fp8, tied_dequantized),
+    Lowering("int8 per channel", _int(8, block=False), tied_dequantized),
 ]
 
 
-def tied_head(b: GraphBuilder, x: ir.Value, q: QTensor) -> ir.Value:
-    handler = lowering_for(TIED_HEAD, q.fmt, f"tied LM head of format {q.fmt.name} has no ONNX export")
-    return handler(b, x, q)
+def lowering(table: list[Lowering], name: str, q: QTensor) -> Callable:
+    """The handler `table` has for the weight `name`'s format; else one line naming what the table takes."""
+    return lowering_for(table, q.fmt, f"{name}: format {q.fmt.name} has no ONNX export; choose another recipe")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +61,17 @@ def probe(folder: str | Path, timeout: float = 600) -> None:
     proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.probe", str(folder)], capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = lines[-1] if lines else f"exit status {proc.returncode}"
-        if proc.returncode < 0:
-            reason = f"the runtime died with signal {-proc.returncode} ({reason})"
-        raise GemmaEdgeError(f"{folder}: the runtime cannot load or run this artifact: {reason}")
+        raise GemmaEdgeError(f"{folder}: the runtime cannot load or run this artifact: {exit_reason(proc)}")
+
+
+def exit_reason(proc: subprocess.CompletedProcess) -> str:
+    """Why a child running a runtime failed, in one line: the signal that killed it, by name (the last line it
+    logged is then incidental), else its last line of output."""
+    if proc.returncode < 0:  # e.g. SIGILL from a runtime built for another processor
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = "no name"
+        return f"the runtime died with signal {-proc.returncode} ({name})"
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"

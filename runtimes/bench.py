@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from gemma_edge.model.errors import GemmaEdgeError
 
 
-def _status_mib(field: str) -> float | None:
+def status_mib(field: str) -> float | None:
     """A memory figure of this process from /proc/self/status (VmHWM: peak, VmRSS: now), None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -31,7 +30,7 @@ def _status_mib(field: str) -> float | None:
 def _rss_mib() -> float:
     """Peak RSS of this process. Linux's VmHWM belongs to the current address space; getrusage's
     ru_maxrss survives fork+exec and would report a large parent's peak (e.g. `gemma-edge quickstart`)."""
-    peak = _status_mib("VmHWM")
+    peak = status_mib("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -50,7 +49,7 @@ def host_description() -> dict:
 
 
 def _current_rss_mib() -> float:
-    now = _status_mib("VmRSS")
+    now = status_mib("VmRSS")
     return now if now is not None else float("nan")
 
 
@@ -125,14 +124,9 @@ def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, thre
     proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", mode, str(target), str(prompt_len),
                            str(decode_tokens), str(threads)], capture_output=True, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        if proc.returncode < 0:  # e.g. SIGILL from a runtime built for another processor
-            try:
-                name = signal.Signals(-proc.returncode).name
-            except ValueError:
-                name = "no name"
-            last = f"the runtime died with signal {-proc.returncode} ({name})"
-        raise GemmaEdgeError(f"{target}: benchmark run failed: {last}")
+        from . import exit_reason
+
+        raise GemmaEdgeError(f"{target}: benchmark run failed: {exit_reason(proc)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -22,10 +22,9 @@ WORKER = r"""
 import json, sys
 from pathlib import Path
 
-def status(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
+from gemma_edge.runtimes.bench import status_mib
+from gemma_edge.runtimes.executorch_runner import StockTextRunner, load_executorch_kernels
+
 def smaps(path):
     file_rss = anon = 0
     current = None
@@ -40,18 +39,16 @@ def smaps(path):
     return file_rss / 1024, anon / 1024
 
 folder, prompt_len, decode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-import executorch.extension.llm.custom_ops.custom_ops, executorch.kernels.quantized  # noqa: F401
-from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+load_executorch_kernels()
+import executorch.extension.llm.runner  # noqa: F401  (in the baseline, as the runner needs it)
 pte = str((folder / "model.pte").resolve())
-out = {"baseline": status("VmRSS"), "baseline_anon": smaps(pte)[1]}
-runner = TextLLMRunner(pte, str(folder / "tokenizer.model"))
-runner.generate("Hello", GenerationConfig(echo=False, max_new_tokens=1, temperature=0.0, num_bos=1))
-runner.reset()
-out["after_load"] = status("VmRSS")
+out = {"baseline": status_mib("VmRSS"), "baseline_anon": smaps(pte)[1]}
+runner = StockTextRunner(folder)
+runner.generate("Hello", max_new_tokens=1)
+out["after_load"] = status_mib("VmRSS")
 out["file_rss"], out["anon"] = smaps(pte)
-prompt = " ".join(["river"] * (prompt_len - 1))
-runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=decode, temperature=0.0, num_bos=1))
-out["peak"] = status("VmHWM")
+runner.generate(" ".join(["river"] * (prompt_len - 1)), max_new_tokens=decode)
+out["peak"] = status_mib("VmHWM")
 print(json.dumps(out))
 """
 

@@ -16,9 +16,10 @@ from gemma_edge.model.errors import GemmaEdgeError
 
 from .. import artifact_vision
 from ..backends import backend_of
-from .metrics import _same_continuation, first_divergence, floor_tolerance, logit_metrics
+from .metrics import same_continuation, first_divergence, floor_tolerance, logit_metrics
 from .prompts import colour_bar_card, default_prompts, describe_images, image_prompt_for
-from .reference import _vision_encoder, noise_floor, reference_for, reference_logits, reference_path, runner_logits
+from .reference import (noise_floor, reference_for, reference_logits, reference_path, reference_vision_encoder,
+                        runner_logits)
 from .report import MIN_LOSS_POSITIONS, ParityReport, PromptResult
 
 
@@ -90,7 +91,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
             if not multimodal:
                 raise GemmaEdgeError(f"{name}: {folder} is a text-only artifact; image prompts need a multimodal export")
             if encoder is None:
-                encoder = _vision_encoder(source, activations if against == "quantized" else None)
+                encoder = reference_vision_encoder(source, activations if against == "quantized" else None)
             with torch.no_grad():
                 features = encoder(pixels)
             last_image = max(i for i, t in enumerate(ids) if t == encoder.config.image_token_id)
@@ -108,7 +109,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
                 # equal continuations (both may stop early at <eos>) count as the full budget
                 result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
                 if loop is not None:
-                    result.runtime_loop_agrees = _same_continuation(loop(ids, pixels), ours, tokenizer)
+                    result.runtime_loop_agrees = same_continuation(loop(ids, pixels), ours, tokenizer)
                 if gate == "int8_dynamic":
                     result.noise_floor = noise_floor(model, ids, prefill, base=ref, image_features=features)
         except Exception as e:  # the runtime's own errors on this artifact: a failed check, reported

@@ -64,7 +64,7 @@ def _exp(x: float) -> float:
     return math.exp(x) if x < 709.0 else float("inf")
 
 
-def _same_continuation(printed: str | list[int], ours: list[int], tokenizer) -> bool:
+def same_continuation(printed: str | list[int], ours: list[int], tokenizer) -> bool:
     """Does a runtime's own loop give our greedy tokens? Token ids are compared as they are (up to a final
     stop id); printed text as `_same_text` does."""
     if isinstance(printed, list):

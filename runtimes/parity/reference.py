@@ -102,7 +102,7 @@ def _float_source(quantized: Path) -> Path:
     return Path(json.loads(source_file.read_text())["path"])
 
 
-def _vision_encoder(source: Path, activations: str | None):
+def reference_vision_encoder(source: Path, activations: str | None):
     """The reference vision encoder (a quantized checkpoint's with the artifact's activation numerics)."""
     from gemma_edge.model.loader import has_vision, load_vision
 

@@ -11,10 +11,16 @@ equals the PTQ model bit for bit.
 The loss is KL(teacher || student) on next-token distributions of the frozen float model: by default its
 top-k logits per position renormalised over those k tokens (the Gemma 3 report's sampled distillation),
 which lets the student evaluate only the LM-head rows those tokens need; `top_k=0` uses the full vocabulary.
+
+A step trains on `batch` sequences (gradients accumulated one sequence at a time, so memory is that of one).
+Under `torchrun` (torch.distributed initialised) the processes split each step's sequences and
+DistributedDataParallel averages their gradients: N processes follow the loss curve of one process with the
+same `batch`, within float summation order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,8 +29,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
@@ -46,10 +54,12 @@ RUN_FILE = "qat_run.json"
 @dataclass(frozen=True)
 class QATConfig:
     """`lr` moves the latent weights, `scale_lr` the log-scales (Adam). `top_k` teacher logits per position
-    (0: the full vocabulary). `train_embedding` also trains the lookup table when it is not the LM head's."""
+    (0: the full vocabulary). `train_embedding` also trains the lookup table when it is not the LM head's.
+    `batch` sequences per step, summed over all processes of a distributed run."""
 
     steps: int = 300
     seq_len: int = 256
+    batch: int = 1
     lr: float = 1e-5
     scale_lr: float = 1e-3
     top_k: int = 128
@@ -61,8 +71,8 @@ class QATConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.seq_len < 2 or self.top_k < 0 or self.save_every < 1:
-            raise GemmaEdgeError(f"invalid QAT settings {self}: steps, save_every >= 1, seq_len >= 2, top_k >= 0")
+        if self.steps < 1 or self.seq_len < 2 or self.top_k < 0 or self.save_every < 1 or self.batch < 1:
+            raise GemmaEdgeError(f"invalid QAT settings {self}: steps, save_every, batch >= 1, seq_len >= 2, top_k >= 0")
 
 
 def bf16_ste(x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +215,9 @@ class QATStudent(nn.Module):
         positions = torch.arange(tokens.shape[-1])
         return self.model.hidden(x * torch.tensor(self.model.embed_scale, dtype=x.dtype), positions)
 
+    def forward(self, tokens: torch.Tensor, target: "TeacherTarget") -> torch.Tensor:
+        return self.loss(tokens, target)  # DistributedDataParallel hooks calls of forward
+
     def loss(self, tokens: torch.Tensor, target: "TeacherTarget") -> torch.Tensor:
         """Mean KL(teacher || student) per position, over the teacher's tokens (top-k) or the vocabulary."""
         h = self.hidden(tokens)
@@ -261,12 +274,70 @@ def lr_factor(step: int, cfg: QATConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def sequence_order(step: int, n: int, seed: int) -> int:
-    """Which training sequence step `step` uses: a fresh seeded permutation every epoch, so the order is
-    a function of the step alone and a resumed run sees the same data."""
-    epoch, i = divmod(step, n)
+def sequence_order(draw: int, n: int, seed: int) -> int:
+    """Which training sequence the `draw`-th draw is (step s of a batch-b run draws s*b ... s*b + b-1): a fresh
+    seeded permutation every epoch, so the order is a function of the draw alone and a resumed run sees the
+    same data."""
+    epoch, i = divmod(draw, n)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return int(torch.randperm(n, generator=g)[i])
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a distributed run (rank 0 of 1 without one): who trains which sequences of a
+    step, and who writes files."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> "Processes":
+        return cls(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else cls()
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
+
+    def share(self, batch: int) -> range:
+        """The positions within a step's batch that this process trains."""
+        if batch % self.world:
+            raise GemmaEdgeError(f"--batch {batch} does not split evenly over {self.world} processes; "
+                                 f"use a multiple of {self.world}")
+        return range(self.rank, batch, self.world)
+
+    def from_writer(self, make):
+        """`make()` run by rank 0 only and its result sent to every process (training sequences: sampling
+        them once, not once per process)."""
+        box = [make() if self.writes else None]
+        if self.world > 1:
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the processes (each holds the mean loss of its equal share)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+
+@contextlib.contextmanager
+def torchrun_processes():
+    """Join the process group that `torchrun` describes in the environment; without torchrun, one process.
+    Yields this process's `Processes`. gloo: training runs on the CPU (the student is not placed on CUDA)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        yield Processes.current()
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield Processes.current()
+        dist.barrier()  # the writer finishes its files before the others leave
+    finally:
+        dist.destroy_process_group()
 
 
 def _optimizer(student: QATStudent, cfg: QATConfig) -> torch.optim.Optimizer:
@@ -325,7 +396,12 @@ def train(loaded: LoadedModel, init: QuantizedCheckpoint, sequences: Sequence[Se
     if seqs.shape[1] > loaded.model.max_seq_len:
         raise GemmaEdgeError(f"training sequences of {seqs.shape[1]} tokens exceed the teacher's max_seq_len "
                              f"{loaded.model.max_seq_len}; load it with max_seq_len >= the sequence length")
+    procs = Processes.current()
+    share = procs.share(cfg.batch)
     student = QATStudent(loaded, init, cfg)
+    # one gradient all-reduce per step (no_sync for all but the last sequence); the frozen weights are the
+    # same in every process, so nothing but gradients is exchanged
+    model = student if procs.world == 1 else DistributedDataParallel(student, forward_sync_buffers=False)
     opt = _optimizer(student, cfg)
     peak = [g["lr"] for g in opt.param_groups]
     start, losses = 0, []
@@ -337,23 +413,28 @@ def train(loaded: LoadedModel, init: QuantizedCheckpoint, sequences: Sequence[Se
         start, losses = resume["step"], list(resume["losses"])
     teacher = loaded.model
     cache: dict[int, TeacherTarget] = {}  # top-k targets are small: compute each sequence's once
-    bar = tqdm(range(start, cfg.steps), desc=f"QAT ({init.recipe.name})", unit="step", disable=not progress,
-               initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc=f"QAT ({init.recipe.name})", unit="step",
+               disable=not (progress and procs.writes), initial=start, total=cfg.steps)
     for step in bar:
-        i = sequence_order(step, len(seqs), cfg.seed)
-        tokens = seqs[i:i + 1]
-        target = cache.get(i) or teacher_target(teacher, tokens, cfg.top_k)
-        if cfg.top_k:
-            cache[i] = target
         for group, lr in zip(opt.param_groups, peak):
             group["lr"] = lr * lr_factor(step, cfg)
-        loss = student.loss(tokens, target)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss = 0.0
+        for n, j in enumerate(share):
+            i = sequence_order(step * cfg.batch + j, len(seqs), cfg.seed)
+            tokens = seqs[i:i + 1]
+            target = cache.get(i) or teacher_target(teacher, tokens, cfg.top_k)
+            if cfg.top_k:
+                cache[i] = target
+            last = n == len(share) - 1
+            with contextlib.nullcontext() if last or procs.world == 1 else model.no_sync():
+                loss = model(tokens, target) / len(share)
+                loss.backward()
+            step_loss += loss.item()
         opt.step()
-        losses.append(loss.item())
+        losses.append(procs.mean(step_loss))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{opt.param_groups[-1]['lr']:.2e}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if procs.writes and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
             save_state(Path(run_dir), step + 1, student, opt, seqs, cfg, meta, losses)
     note = {"method": "qat", "config": dataclasses.asdict(cfg), "sequences": len(seqs),
             "tokens_per_sequence": int(seqs.shape[1]), "first_loss": losses[0] if losses else None,

@@ -122,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.report}/eval.json" + (" and weight_errors.png" if reference else ""))
 
 
-def _qat_init(args: argparse.Namespace, loaded, recipe, sequences):
+def _qat_init(args: argparse.Namespace, loaded, recipe, sequences, progress: bool = True):
     """The student's starting point: a given quantized checkpoint, or the better PTQ (MSE clipping weighted by
     the training text's activations)."""
     from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
@@ -134,18 +134,18 @@ def _qat_init(args: argparse.Namespace, loaded, recipe, sequences):
         if init.recipe.name != recipe.name:
             raise GemmaEdgeError(f"{args.init}: made with recipe {init.recipe.name!r}, not --recipe {recipe.name!r}")
         return init
-    return quantize_model(loaded, recipe, collect_stats(loaded.model, sequences[:8]))
+    return quantize_model(loaded, recipe, collect_stats(loaded.model, sequences[:8], progress), progress=progress)
 
 
 def cmd_qat(args: argparse.Namespace) -> None:
     import torch
 
-    from gemma_edge.calibration.qat import QATConfig, load_run, train
+    from gemma_edge.calibration.qat import QATConfig, load_run, torchrun_processes, train
     from gemma_edge.calibration.recipe import QuantRecipe
     from gemma_edge.model.atomic import check_output_path
 
     check_output_path(args.out, [args.model, args.init, args.resume, *args.calib], args.overwrite)
-    cfg = QATConfig(steps=args.steps, seq_len=args.seq_len, lr=args.lr, scale_lr=args.scale_lr, top_k=args.top_k,
+    cfg = QATConfig(steps=args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr, scale_lr=args.scale_lr, top_k=args.top_k,
                     train_weights=not args.scales_only, train_embedding=args.train_embedding,
                     grad_checkpointing=args.grad_checkpointing, save_every=args.save_every, seed=args.seed)
     recipe = QuantRecipe.load(args.recipe)
@@ -155,7 +155,7 @@ def cmd_qat(args: argparse.Namespace) -> None:
     state, run_dir, meta = None, Path(f"{args.out}.qat-state"), {"recipe": recipe.name, "init": args.init}
     if args.resume:
         saved, meta, state = load_run(args.resume)
-        for key in ("steps", "seq_len"):
+        for key in ("steps", "seq_len", "batch"):
             if getattr(cfg, key) != getattr(saved, key):
                 raise GemmaEdgeError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the resumed run's "
                                      f"{getattr(saved, key)} ({args.resume}); resume with the same settings")
@@ -163,14 +163,21 @@ def cmd_qat(args: argparse.Namespace) -> None:
             raise GemmaEdgeError(f"--recipe {recipe.name} differs from the resumed run's {meta['recipe']}")
         cfg, run_dir, args.init = saved, Path(args.resume), meta["init"]
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    loaded = _load_model(args.model, cfg.seq_len)
-    sequences = state["sequences"].tolist() if state is not None else _calibration_sequences(args, loaded)
-    init = _qat_init(args, loaded, recipe, sequences)
-    ckpt = train(loaded, init, sequences, cfg, run_dir, resume=state, meta=meta)
-    out = ckpt.save(args.out, overwrite=args.overwrite)
+    with torchrun_processes() as procs:
+        procs.share(cfg.batch)  # refuse a batch that does not split before loading anything
+        loaded = _load_model(args.model, cfg.seq_len)
+        sequences = state["sequences"].tolist() if state is not None else procs.from_writer(
+            lambda: _calibration_sequences(args, loaded))
+        init = _qat_init(args, loaded, recipe, sequences, progress=procs.writes)
+        ckpt = train(loaded, init, sequences, cfg, run_dir, resume=state, meta=meta)
+        if not procs.writes:
+            return
+        out = ckpt.save(args.out, overwrite=args.overwrite)
     p = ckpt.provenance
-    print(f"wrote {out} ({recipe.name}, {cfg.steps} QAT steps on {len(sequences)} x {cfg.seq_len} tokens; "
-          f"distillation loss {p['first_loss']:.4f} -> {p['final_loss']:.4f}); training state in {run_dir}")
+    on = f" in {procs.world} processes" if procs.world > 1 else ""
+    print(f"wrote {out} ({recipe.name}, {cfg.steps} QAT steps of {cfg.batch} x {cfg.seq_len} tokens from "
+          f"{len(sequences)} sequences{on}; distillation loss {p['first_loss']:.4f} -> {p['final_loss']:.4f}); "
+          f"training state in {run_dir}")
 
 
 def cmd_import_qat(args: argparse.Namespace) -> None:
@@ -252,10 +259,14 @@ def register_qat(sub) -> None:
                     "estimator to minimise KL(float || quantized) on next-token distributions (the float model's "
                     "top-k logits renormalised, or --top-k 0 for the full vocabulary). Writes a QuantizedCheckpoint "
                     "that the exporters consume unchanged, and the training state to OUT.qat-state every "
-                    "--save-every steps; --resume continues from it bit for bit.")
+                    "--save-every steps; --resume continues from it bit for bit. "
+                    "Scale out with `torchrun --nproc-per-node N --no-python gemma-edge qat ... --batch B`: each "
+                    "process trains B/N of every step's sequences and gradients are averaged (gloo, on the CPU).")
     p.add_argument("model", help=MODEL_HELP + " (the float teacher)")
     p.add_argument("--recipe", required=True, help="a weight-only preset name or a recipe JSON file")
-    p.add_argument("--steps", type=positive_int, default=d.steps, help="training steps, one sequence each")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="training steps, --batch sequences each")
+    p.add_argument("--batch", type=positive_int, default=d.batch,
+                   help="sequences per step, split over the processes of a torchrun launch (a multiple of them)")
     p.add_argument("--out", required=True, help="output QuantizedCheckpoint folder (written atomically)")
     p.add_argument("--data", dest="calib", nargs="+", default=[], metavar="FILE",
                    help="training text (.txt, or .jsonl with a 'text' field); default: sampled from the float model")

@@ -1,6 +1,8 @@
 """QAT and the grid import on tiny models: gradients, the STE, bit-exact resume, exact scale recovery."""
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from gemma_edge.calibration.evaluate import evaluate
 from gemma_edge.calibration.formats import QuantFormat, fake_quantize
 from gemma_edge.calibration.grid_import import grid_qtensor, import_grid
 from gemma_edge.calibration.ptq import quantize_model
-from gemma_edge.calibration.qat import QATConfig, QATStudent, teacher_target, train
+from gemma_edge.calibration.qat import Processes, QATConfig, QATStudent, teacher_target, train
 from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
 from gemma_edge.cli.main import main
 from gemma_edge.model import GemmaEdgeError, load
@@ -232,3 +234,48 @@ def test_pte_export_refuses_negative_grid_scales_with_a_clear_error(tmp_path):
     with pytest.raises(GemmaEdgeError, match="blocks have negative scales .* XNNPACK accepts only positive ones"):
         export_pte(saved, tmp_path / "pte", max_seq_len=64)
     assert not (tmp_path / "pte").exists()
+
+
+def _torchrun(args: list[str]) -> None:
+    """`torchrun --standalone --nproc-per-node 2 -m gemma_edge.cli.main ARGS`: two gloo processes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "gemma_edge.cli.main", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_torchrun_processes_follow_one_process_with_the_same_batch_and_resume_exactly(tmp_path, monkeypatch):
+    """DDP over gloo: each process trains half of every step's 4 sequences; the loss curve and the trained
+    integers match one process with --batch 4 (float summation order aside), and a two-process run resumed
+    from a state the one-process run left at step 3 ends where the uninterrupted two-process run ends."""
+    model = write_tiny_checkpoint(tmp_path / "tiny")
+    text = tmp_path / "train.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. " * 30)
+    args = ["qat", str(model), "--recipe", "int4-block32", "--steps", "6", "--batch", "4", "--seq-len", "16",
+            "--save-every", "3", "--lr", "1e-3", "--scale-lr", "1e-2", "--data", str(text), "--out"]
+    save = qat.save_state
+
+    def save_and_keep_step_3(run_dir, step, *rest):
+        save(run_dir, step, *rest)
+        if step == 3:
+            shutil.copytree(run_dir, tmp_path / "interrupted")
+
+    monkeypatch.setattr(qat, "save_state", save_and_keep_step_3)
+    assert main(args + [str(tmp_path / "one")]) in (0, None)
+    _torchrun(args + [str(tmp_path / "two")])
+    _torchrun(args + [str(tmp_path / "resumed"), "--resume", str(tmp_path / "interrupted")])
+
+    one, two, resumed = (qat.load_run(tmp_path / name)[2] for name in ("one.qat-state", "two.qat-state", "interrupted"))
+    assert len(one["losses"]) == len(two["losses"]) == 6
+    assert torch.allclose(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=0)
+    assert two["losses"][-1] < two["losses"][0]  # it trained
+    for name, p in one["params"].items():
+        assert torch.allclose(two["params"][name], p, rtol=1e-4, atol=1e-6), name
+    assert resumed["losses"] == two["losses"] and resumed["step"] == 6
+    assert _same_integers(QuantizedCheckpoint.load(tmp_path / "resumed"), QuantizedCheckpoint.load(tmp_path / "two"))
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+    assert list(Processes(rank=1, world=2).share(4)) == [1, 3]
+    with pytest.raises(GemmaEdgeError, match="--batch 3 does not split evenly over 2 processes"):
+        Processes(rank=0, world=2).share(3)

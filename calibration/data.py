@@ -76,6 +76,37 @@ def _pydoc_topics(max_chars: int) -> tuple[list[str], list[str]]:
     return used, rest
 
 
+HELD_OUT_DIR = Path(__file__).parent / "heldout"
+DOMAINS = ("english", "chat", "code", "python-docs", "german", "french", "chinese")
+
+
+def held_out_domains(names: Sequence[str] = DOMAINS) -> dict[str, str]:
+    """The evaluation text of each domain (heldout/README.md says where each comes from). Calibration and
+    QAT never read these: their default text is sampled from the float model, and `pydoc_training_text`
+    holds only the language-reference topics that `python-docs` does not."""
+    import inspect
+    import textwrap
+
+    from gemma_edge.model.tokenizer import format_chat
+
+    unknown = sorted(set(names) - set(DOMAINS))
+    if unknown:
+        raise GemmaEdgeError(f"unknown evaluation domain {', '.join(unknown)}; choose from {', '.join(DOMAINS)}")
+    files = {"english": "english.txt", "german": "german.txt", "french": "french.txt", "chinese": "chinese.txt"}
+    out = {}
+    for name in names:
+        if name in files:
+            out[name] = (HELD_OUT_DIR / files[name]).read_text(encoding="utf-8")
+        elif name == "chat":
+            chats = json.loads((HELD_OUT_DIR / "chat.json").read_text(encoding="utf-8"))
+            out[name] = "".join(format_chat(c, add_generation_prompt=False) for c in chats)
+        elif name == "code":
+            out[name] = inspect.getsource(textwrap)
+        else:
+            out[name] = held_out_text()
+    return out
+
+
 def held_out_text(max_chars: int = 40_000) -> str:
     """Default evaluation text: the Python language reference shipped with CPython (`pydoc_data`).
 

@@ -27,12 +27,29 @@ class EvalResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def pool(cls, results: Sequence["EvalResult"]) -> "EvalResult":
+        """The result over all the results' positions together (means weighted by their token counts)."""
+        n = sum(r.tokens for r in results)
 
-def chunks(tokens: Sequence[int], seq_len: int, bos: int) -> list[list[int]]:
-    """Non-overlapping windows, each starting with BOS so every window is scored the same way."""
+        def mean(values: Sequence[float | None]) -> float | None:
+            return None if None in values else sum(v * r.tokens for v, r in zip(values, results)) / n
+
+        def ppl(values: Sequence[float | None]) -> float | None:
+            logs = mean([None if v is None else math.log(v) for v in values])
+            return None if logs is None else math.exp(logs)
+
+        return cls(n, ppl([r.perplexity for r in results]), mean([r.kl_to_float for r in results]),
+                   mean([r.top1_agreement for r in results]), ppl([r.reference_perplexity for r in results]))
+
+
+def chunks(tokens: Sequence[int], seq_len: int, bos: int, tail: bool = False) -> list[list[int]]:
+    """Non-overlapping windows, each starting with BOS so every window is scored the same way; `tail` keeps
+    the shorter last window (a short text is scored whole)."""
     body = [t for t in tokens if t != bos]
     step = seq_len - 1
-    return [[bos] + body[i:i + step] for i in range(0, len(body) - step + 1, step)]
+    ends = range(0, len(body) - (1 if tail else step) + 1, step)
+    return [[bos] + body[i:i + step] for i in ends]
 
 
 @torch.no_grad()
@@ -45,9 +62,10 @@ def _logits(model: Gemma, seq: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: Gemma, tokens: Sequence[int], seq_len: int = 512, reference: Gemma | None = None,
-             progress: bool = True, desc: str = "evaluate") -> EvalResult:
-    """Teacher-forced over `tokens` in windows of `seq_len`; with `reference`, also KL and agreement."""
-    windows = chunks(tokens, seq_len, model.config.bos_token_id)
+             progress: bool = True, desc: str = "evaluate", tail: bool = False) -> EvalResult:
+    """Teacher-forced over `tokens` in windows of `seq_len` (`tail`: and the shorter last one); with
+    `reference`, also KL and agreement."""
+    windows = chunks(tokens, seq_len, model.config.bos_token_id, tail)
     if not windows:
         raise ValueError(f"evaluation text has fewer than {seq_len} tokens")
     nll = ref_nll = kl = agree = 0.0

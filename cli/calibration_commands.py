@@ -86,29 +86,46 @@ def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
     return {**loss, "images_from": [str(f) for f in args.image] or ["test card"]}
 
 
+def _eval_texts(args: argparse.Namespace) -> dict[str, str]:
+    """Domain -> text: each --text file under its name, else the held-out domains (--domain)."""
+    from gemma_edge.calibration.data import held_out_domains, read_texts
+
+    if args.text:
+        return {Path(f).stem: "\n\n".join(read_texts([f])) for f in args.text}
+    return held_out_domains(args.domain)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
-    from gemma_edge.calibration.data import held_out_text, read_texts
-    from gemma_edge.calibration.evaluate import evaluate, plot_weight_errors, weight_errors
+    from gemma_edge.calibration.evaluate import EvalResult, evaluate, plot_weight_errors, weight_errors
     from gemma_edge.model.atomic import atomic_dir, check_output_path
 
     if args.report:
         check_output_path(args.report, [args.model, args.against], args.overwrite)
+    texts = _eval_texts(args)
     model = _load_model(args.model, args.seq_len)
-    text = "\n\n".join(read_texts(args.text)) if args.text else held_out_text()
-    tokens = model.tokenizer.encode(text)
     reference = _load_model(args.against, args.seq_len) if args.against else None
-    result = evaluate(model.model, tokens, args.seq_len, reference.model if reference else None)
-    print(f"tokens {result.tokens}  perplexity {result.perplexity:.3f}", end="")
-    if reference is not None:
-        print(f"  (float {result.reference_perplexity:.3f})  KL(float||model) {result.kl_to_float:.4f}  "
-              f"top-1 agreement {result.top1_agreement:.2%}")
-    else:
-        print()
+    results = {}
+    print(f"{'domain':<12} {'tokens':>6} {'perplexity':>10}" + (f" {'float':>8} {'KL(float||q)':>12} {'top-1 agreement':>16}"
+                                                               if reference else ""))
+    for name, text in texts.items():
+        tokens = model.tokenizer.encode(text)[:args.tokens]
+        r = evaluate(model.model, tokens, args.seq_len, reference.model if reference else None, progress=False,
+                     tail=True)
+        results[name] = r
+        print(f"{name:<12} {r.tokens:>6} {r.perplexity:>10.3f}" + (
+            f" {r.reference_perplexity:>8.3f} {r.kl_to_float:>12.4f} {r.top1_agreement:>16.2%}" if reference else ""))
+    result = EvalResult.pool(list(results.values()))
+    if len(results) > 1:
+        print(f"{'all':<12} {result.tokens:>6} {result.perplexity:>10.3f}" + (
+            f" {result.reference_perplexity:>8.3f} {result.kl_to_float:>12.4f} {result.top1_agreement:>16.2%}"
+            if reference else ""))
     vision = _vision_loss(args, model, reference) if reference is not None else None
     if args.report:
         with atomic_dir(args.report, overwrite=args.overwrite, inputs=[model.source, args.against]) as tmp:
             report = {"model": str(model.source), "against": str(reference.source) if reference else None,
-                      "seq_len": args.seq_len, "text": [str(t) for t in args.text] or ["held-out: pydoc_data"],
+                      "seq_len": args.seq_len, "tokens_per_domain": args.tokens,
+                      "text": [str(t) for t in args.text] or [f"held-out: {', '.join(texts)}"],
+                      "domains": {k: r.to_dict() for k, r in results.items()},
                       "result": result.to_dict(), "vision": vision}
             if reference is not None:
                 report["float_perplexity"] = result.reference_perplexity
@@ -202,6 +219,8 @@ def _calib_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
+    from gemma_edge.calibration.data import DOMAINS
+
     from gemma_edge.calibration.recipe import PRESETS
 
     p = add_command(sub, "calibrate", cmd_calibrate, "record per-layer activation statistics",
@@ -234,14 +253,20 @@ def register(sub) -> None:
     _calib_options(p)
 
     p = add_command(sub, "eval", cmd_eval, "perplexity, KL and top-1 agreement against the float model",
-                    "Teacher-forced evaluation on held-out text: perplexity of MODEL; with --against FLOAT_MODEL "
-                    "also KL(float||model), top-1 agreement, and a per-layer weight-error table and plot "
-                    "(--report). Default text: the Python language reference shipped with CPython, never "
-                    "used for calibration. For a multimodal (4B+) checkpoint, also the vision tower's own loss: "
+                    "Teacher-forced evaluation on held-out text, one row per domain: perplexity of MODEL; with "
+                    "--against FLOAT_MODEL also KL(float||model), top-1 agreement, and a per-layer weight-error "
+                    "table and plot (--report). Default text: seven domains that need no download and that "
+                    "calibration and QAT never read (English prose, chat turns in Gemma's template, Python "
+                    "source, the Python language reference, German, French, Chinese; "
+                    "calibration/heldout/README.md). For a multimodal (4B+) checkpoint, also the vision tower's own loss: "
                     "soft-token error and the float decoder's KL when fed the quantized tower's soft tokens.")
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--against", help="the float model to compare with")
-    p.add_argument("--text", nargs="+", default=[], metavar="FILE", help="held-out text files")
+    p.add_argument("--text", nargs="+", default=[], metavar="FILE",
+                   help="held-out text files, one domain each (instead of the built-in domains)")
+    p.add_argument("--domain", nargs="+", default=list(DOMAINS), choices=DOMAINS, metavar="NAME",
+                   help=f"built-in domains to evaluate (default all: {', '.join(DOMAINS)})")
+    p.add_argument("--tokens", type=positive_int, default=2048, help="at most this many tokens of each domain")
     p.add_argument("--seq-len", type=positive_int, default=512, help="evaluation window")
     p.add_argument("--report", help="folder for eval.json and weight_errors.png (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace --report if it exists")

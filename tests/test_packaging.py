@@ -16,7 +16,9 @@ def test_wheel_layout(tmp_path):
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"gemma_edge"}
     for module in ["model/gemma.py", "model/loader.py", "cli/main.py", "calibration/__init__.py",
-                   "export/__init__.py", "runtimes/__init__.py", "runtimes/parity/thresholds.json"]:
+                   "export/__init__.py", "runtimes/__init__.py", "runtimes/parity/thresholds.json",
+                   *(f"calibration/heldout/{f}" for f in ["english.txt", "german.txt", "french.txt", "chinese.txt",
+                                                          "chat.json", "README.md"])]:
         assert f"gemma_edge/{module}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "gemma-edge = gemma_edge.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

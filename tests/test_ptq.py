@@ -2,13 +2,15 @@
 
 import hashlib
 import json
+import math
 
 import pytest
 import torch
 
 from gemma_edge.calibration.checkpoint import (DynamicInt8Linear, QuantizedCheckpoint,
                                                fake_quantize_per_token_int8)
-from gemma_edge.calibration.data import read_texts, sample_sequences, token_sequences
+from gemma_edge.calibration.data import DOMAINS, held_out_domains, read_texts, sample_sequences, token_sequences
+from gemma_edge.calibration.evaluate import EvalResult, chunks
 from gemma_edge.calibration.observers import CalibrationStats, collect_stats
 from gemma_edge.calibration.ptq import quantize_model
 from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
@@ -230,3 +232,42 @@ def test_cli_bad_input_leaves_no_output(tmp_path, tiny_dir, capsys, argv, messag
     assert main([a.format(**fill) for a in argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_evaluation_windows_keep_the_tail_when_asked():
+    assert chunks(list(range(1, 11)), 4, 0) == [[0, 1, 2, 3], [0, 4, 5, 6], [0, 7, 8, 9]]
+    assert chunks(list(range(1, 11)), 4, 0, tail=True) == [[0, 1, 2, 3], [0, 4, 5, 6], [0, 7, 8, 9], [0, 10]]
+    assert chunks([0, 5], 4, 0, tail=True) == [[0, 5]] and chunks([0], 4, 0, tail=True) == []  # nothing to predict
+
+
+def test_pooled_result_weighs_each_domain_by_its_tokens():
+    a = EvalResult(100, math.e ** 1, 0.2, 0.5, math.e ** 2)
+    b = EvalResult(300, math.e ** 3, 0.6, 0.9, math.e ** 1)
+    pooled = EvalResult.pool([a, b])  # by hand: (100 x + 300 y) / 400
+    assert pooled.tokens == 400
+    assert pooled.perplexity == pytest.approx(math.e ** 2.5) and pooled.reference_perplexity == pytest.approx(math.e ** 1.25)
+    assert pooled.kl_to_float == pytest.approx(0.5) and pooled.top1_agreement == pytest.approx(0.8)
+    assert EvalResult.pool([EvalResult(10, 2.0)]).kl_to_float is None
+
+
+def test_held_out_domains_need_no_download_and_chat_uses_the_template():
+    texts = held_out_domains()
+    assert list(texts) == list(DOMAINS) and all(len(t) > 800 for t in texts.values())
+    assert texts["chat"].startswith("<start_of_turn>user\n") and texts["chat"].count("<start_of_turn>model\n") == 7
+    assert "def wrap(" in texts["code"] and "如果" not in texts["german"] and "的" in texts["chinese"]
+    with pytest.raises(GemmaEdgeError, match="unknown evaluation domain klingon; choose from english"):
+        held_out_domains(["klingon"])
+
+
+def test_cli_eval_reports_every_domain(tmp_path, tiny_dir, capsys):
+    assert main(["quantize", str(tiny_dir), "--recipe", "int4-channel", "--out", str(tmp_path / "q"), "--unweighted"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "q"), "--against", str(tiny_dir), "--seq-len", "32", "--tokens", "80",
+                 "--report", str(tmp_path / "report")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert set(DOMAINS) | {"all"} <= set(rows)
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert sorted(report["domains"]) == sorted(DOMAINS)
+    assert all(d["tokens"] == 79 for d in report["domains"].values())  # 80 tokens less BOS, tail window kept
+    assert report["result"]["tokens"] == 79 * len(DOMAINS)
+    assert int(rows["chat"][1]) == 79 and float(rows["chat"][3]) == pytest.approx(report["domains"]["chat"]["reference_perplexity"], rel=1e-3)

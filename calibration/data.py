@@ -115,7 +115,45 @@ def held_out_text(max_chars: int = 40_000) -> str:
     return "\n\n".join(_pydoc_topics(max_chars)[0])[:max_chars]
 
 
+TRAINING_CODE = ("json.decoder", "json.encoder", "csv", "string", "fractions", "difflib", "calendar", "shlex")
+
+
+def training_documents(held_out_chars: int = 40_000, chunk_chars: int = 4_000) -> list[str]:
+    """QAT / calibration text in three forms, interleaved so that any prefix mixes them: the language-reference
+    topics `held_out_text` does not use, as prose and (every other one) as a chat turn in Gemma's template
+    answering a request for that topic, and CPython modules (`TRAINING_CODE`, not the `code` domain's
+    `textwrap`) cut into `chunk_chars` pieces. Nothing here is in `held_out_domains()`; no other language
+    ships with CPython, so German, French and Chinese stay unseen (docs/quantization.md)."""
+    import importlib
+    import inspect
+
+    from gemma_edge.model.tokenizer import format_chat
+
+    topics = _training_topics(held_out_chars)
+    prose = topics[0::2]
+    chats = [format_chat([{"role": "user", "content": f"Explain this part of the Python language reference: "
+                                                       f"{t.splitlines()[0].strip()}"},
+                          {"role": "model", "content": t}], add_generation_prompt=False) for t in topics[1::2]]
+    code = []
+    for name in TRAINING_CODE:
+        src = inspect.getsource(importlib.import_module(name))
+        code += [src[i:i + chunk_chars] for i in range(0, len(src), chunk_chars)]
+    kinds = [prose, chats, code]
+    return [kind[i] for i in range(max(map(len, kinds))) for kind in kinds if i < len(kind)]
+
+
+def _training_topics(held_out_chars: int) -> list[str]:
+    """The language-reference topics `held_out_text(held_out_chars)` does not use, less every paragraph that
+    the held-out text contains: the topics are pages that repeat each other's sections."""
+    held_out = held_out_text(held_out_chars)
+    out = []
+    for topic in _pydoc_topics(held_out_chars)[1]:
+        kept = [p for p in topic.split("\n\n") if p.strip() and p not in held_out]
+        if kept:
+            out.append("\n\n".join(kept))
+    return out
+
+
 def pydoc_training_text(held_out_chars: int = 40_000) -> str:
-    """The language-reference topics that `held_out_text(held_out_chars)` does not touch: in-domain
-    training text for QAT that shares no topic with the evaluation text."""
-    return "\n\n".join(_pydoc_topics(held_out_chars)[1])
+    """In-domain training text for QAT that shares no paragraph with `held_out_text(held_out_chars)`."""
+    return "\n\n".join(_training_topics(held_out_chars))

@@ -259,6 +259,19 @@ def test_held_out_domains_need_no_download_and_chat_uses_the_template():
         held_out_domains(["klingon"])
 
 
+def test_training_text_shares_no_passage_with_the_held_out_domains():
+    """QAT's training text never draws from the evaluation texts: no 200-character window of any held-out
+    domain occurs in it (the language-reference topics repeat each other's sections, so topic-level
+    separation alone left 80 such windows)."""
+    from gemma_edge.calibration.data import pydoc_training_text, training_documents
+
+    docs = training_documents()
+    training = "\n".join(docs) + pydoc_training_text()
+    for name, text in held_out_domains().items():
+        assert not [i for i in range(0, len(text) - 200, 100) if text[i:i + 200] in training], name
+    assert any(d.startswith("<start_of_turn>user\n") for d in docs[:3]) and any("def " in d for d in docs[:3])
+
+
 def test_cli_eval_reports_every_domain(tmp_path, tiny_dir, capsys):
     assert main(["quantize", str(tiny_dir), "--recipe", "int4-channel", "--out", str(tmp_path / "q"), "--unweighted"]) == 0
     capsys.readouterr()

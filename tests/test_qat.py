@@ -1,8 +1,10 @@
 """QAT and the grid import on tiny models: gradients, the STE, bit-exact resume, exact scale recovery."""
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,11 +238,12 @@ def test_pte_export_refuses_negative_grid_scales_with_a_clear_error(tmp_path):
     assert not (tmp_path / "pte").exists()
 
 
-def _torchrun(args: list[str]) -> None:
-    """`torchrun --standalone --nproc-per-node 2 -m gemma_edge.cli.main ARGS`: two gloo processes."""
+def _torchrun(args: list[str], tmp: Path) -> None:
+    """`torchrun --standalone --nproc-per-node 2 -m gemma_edge.cli.main ARGS`: two gloo processes (torchrun's
+    log folders go to `tmp`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "gemma_edge.cli.main", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp)})
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -262,8 +265,8 @@ def test_two_torchrun_processes_follow_one_process_with_the_same_batch_and_resum
 
     monkeypatch.setattr(qat, "save_state", save_and_keep_step_3)
     assert main(args + [str(tmp_path / "one")]) in (0, None)
-    _torchrun(args + [str(tmp_path / "two")])
-    _torchrun(args + [str(tmp_path / "resumed"), "--resume", str(tmp_path / "interrupted")])
+    _torchrun(args + [str(tmp_path / "two")], tmp_path)
+    _torchrun(args + [str(tmp_path / "resumed"), "--resume", str(tmp_path / "interrupted")], tmp_path)
 
     one, two, resumed = (qat.load_run(tmp_path / name)[2] for name in ("one.qat-state", "two.qat-state", "interrupted"))
     assert len(one["losses"]) == len(two["losses"]) == 6

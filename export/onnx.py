@@ -27,6 +27,7 @@ import torch
 from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
 from gemma_edge.model.atomic import check_output_path
 from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
+from gemma_edge.model.hf_tokenizer import write_hf_tokenizer
 
 from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD, PRESETS
 
@@ -345,7 +346,8 @@ def _write_json(path: Path, d: dict) -> None:
 
 def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False,
                 text_only: bool = False) -> Path:
-    """`gemma-edge export onnx`: model.onnx + model.onnx.data + genai_config.json + tokenizer + manifest.
+    """`gemma-edge export onnx`: model.onnx + model.onnx.data + genai_config.json + tokenizer (tokenizer.model,
+    and tokenizer.json + tokenizer_config.json with the chat template for genai apps) + manifest.
     A multimodal HF folder also gives vision.onnx and embedding.onnx (genai's `gemma3` layout, the decoder
     fed embeddings) unless `text_only`."""
     import onnx
@@ -385,9 +387,7 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
                     genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None))
         if vision is not None:
             _write_json(folder / "processor_config.json", processor_config(settings))
-        _write_json(folder / "tokenizer_config.json",
-                    {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
-                     "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False})
+        write_hf_tokenizer(w.tokenizer, folder, max_seq_len)
 
     return write_artifact(out, source, overwrite, artifact="model.onnx", runtime="onnxruntime",
                           tokenizer_model=w.tokenizer.serialized, metadata=metadata, write=write)

@@ -1,12 +1,17 @@
 """The real Gemma 3 270M as ONNX: ONNX Runtime and onnxruntime-genai against the reference."""
 
+import ast
 import importlib.util
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import REAL_MAX_SEQ_LEN, REAL_PROMPTS
 
-from gemma_edge.model import ReferenceRunner, generate, load
+from gemma_edge.model import ReferenceRunner, format_chat, generate, load
 from gemma_edge.runtimes.genai_runner import GenAIRunner
 from gemma_edge.runtimes.onnx_runner import OnnxRunner
 from gemma_edge.runtimes.parity import noise_floor, reference_logits, runner_logits, top1_agreement
@@ -80,3 +85,45 @@ def test_bench_measures_a_gguf_side_by_side_or_says_what_is_missing(exports, rea
         ours, gguf = json.loads(out[out.index("["):])
         assert ours["artifact"].endswith("model.onnx") and gguf["artifact"] == str(real_gguf)
         assert gguf["decode_tok_s"] > 0 and gguf["file_mib"] == pytest.approx(real_gguf.stat().st_size / 2**20)
+
+
+CHAT_SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "examples" / "genai_chat.py"
+
+
+def test_genai_tokenizer_and_stream_match_sentencepiece_on_the_exported_folder(exports, real_model):
+    """og.Tokenizer reads the folder's tokenizer.json: SentencePiece's ids on multilingual prose, code, chat,
+    runs of spaces and newlines and every user-defined piece, and its stream decodes them to the same text.
+    Runs of more than 31 spaces (the longest space piece) are left out: genai 0.18 ignores the pre-tokenizer
+    that splits them as SentencePiece does (docs/onnx.md)."""
+    import onnxruntime_genai as og
+    from test_tokenizer import _agreement_texts
+
+    tok = real_model.tokenizer
+    genai = og.Tokenizer(og.Model(str(exports["int4-block32"][1])))
+    texts = [t for t in _agreement_texts(tok) if not re.search(" {32,}", t)]
+    assert len(texts) > 60
+    for text in texts:
+        ids = tok.encode(text)
+        assert list(genai.encode("<bos>" + text)) == ids, text[:60]
+        stream = genai.create_stream()
+        assert "".join(stream.decode(i) for i in ids[1:]) == tok.decode(ids[1:]), text[:60]
+
+
+def test_a_genai_only_chat_script_generates_the_reference_tokens(exports, real_model):
+    """docs/examples/genai_chat.py imports nothing but onnxruntime_genai: its chat template, tokenizer,
+    greedy generation and streamed text on the int4 folder give the quantized reference's tokens."""
+    imports = {a.name for node in ast.walk(ast.parse(CHAT_SCRIPT.read_text())) if isinstance(node, ast.Import)
+               for a in node.names} | {node.module for node in ast.walk(ast.parse(CHAT_SCRIPT.read_text()))
+                                       if isinstance(node, ast.ImportFrom)}
+    assert imports == {"json", "sys", "onnxruntime_genai"}
+    source, folder = exports["int4-block32"]
+    prompts = ["Name three rivers in Europe.", "Write a haiku about the sea.", "Wie spät ist es in Tokio?"]
+    done = subprocess.run([sys.executable, str(CHAT_SCRIPT), str(folder), *prompts], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    replies = json.loads(done.stdout.strip().splitlines()[-1])
+    reference, tok = load(source, max_seq_len=MAX_SEQ_LEN).model, real_model.tokenizer
+    for prompt, reply in zip(prompts, replies, strict=True):
+        ids = tok.encode(format_chat([{"role": "user", "content": prompt}]))
+        assert reply == generate(ReferenceRunner(reference), ids, 48, stop_ids=tok.stop_ids), prompt
+        assert tok.decode(reply) in done.stdout

@@ -81,3 +81,52 @@ def test_stream_decoder_holds_back_partial_utf8():
     pieces = [stream.push(i) for i in ids]
     assert "".join(pieces) == "a😀b"
     assert "😀" in pieces and all("\ufffd" not in p for p in pieces)
+
+
+def _agreement_texts(tokenizer: Tokenizer) -> list[str]:
+    """Multilingual prose, code, chat, runs of spaces and newlines, and every user-defined piece in text."""
+    from gemma_edge.calibration.data import held_out_domains
+
+    proto = sp_pb.ModelProto()
+    proto.ParseFromString(tokenizer.serialized)
+    user_defined = [p.piece for p in proto.pieces if p.type == 4 and set(p.piece) != {"\u2581"}]
+    runs = [f"x{' ' * n}y{' ' * n}" for n in range(1, 40)] + ["\n" * n + "\t" * n + "z" for n in range(1, 8)]
+    return TEXTS + runs + list(held_out_domains().values()) + ["a" + "a".join(user_defined) + "a"]
+
+
+def test_tokenizer_json_encodes_and_decodes_as_sentencepiece(tokenizer, tmp_path):
+    """The Hugging Face tokenizer.json we write (`tokenizers`, the library transformers uses) gives
+    SentencePiece's ids on every text, and `<bos>` spelled in text is the BOS id, as in Hugging Face's Gemma."""
+    from gemma_edge.model.hf_tokenizer import tokenizer_json
+
+    hf = tokenizer_json(tokenizer)
+    for text in _agreement_texts(tokenizer):
+        ids = tokenizer.encode(text)
+        assert hf.encode(text).ids == ids, text[:60]
+        assert hf.decode(ids, skip_special_tokens=True) == tokenizer.decode(ids[1:])
+    assert hf.encode("<bos>Hi", add_special_tokens=False).ids == tokenizer.encode("Hi")
+
+
+@pytest.mark.real
+def test_written_chat_template_renders_format_chat(real_model, tmp_path):
+    """transformers reads the folder we write; its rendering of our Jinja chat template is `<bos>` + format_chat
+    (system prompt, alternating turns, generation prompt, and the image items of a multimodal turn)."""
+    from transformers import AutoTokenizer
+
+    from gemma_edge.model.hf_tokenizer import write_hf_tokenizer
+
+    write_hf_tokenizer(real_model.tokenizer, tmp_path, 1024)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    conversations = [[{"role": "user", "content": " Hi there "}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+                      {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]]
+    for messages in conversations:
+        for prompt in (True, False):
+            text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+            assert text == "<bos>" + format_chat(messages, add_generation_prompt=prompt)
+            assert hf(text, add_special_tokens=False)["input_ids"] == real_model.tokenizer.encode(text[5:])
+    image_turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
+    assert hf.apply_chat_template(image_turn, tokenize=False, add_generation_prompt=True) == \
+        "<bos><start_of_turn>user\n<start_of_image>Describe it.<end_of_turn>\n<start_of_turn>model\n"
+    with pytest.raises(Exception, match="must alternate"):
+        hf.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], tokenize=False)

@@ -93,9 +93,13 @@ def collect_stats(model: Gemma, sequences: Sequence[Sequence[int]], progress: bo
 
 @dataclass
 class CalibrationStats:
+    """Per-input statistics of every projection; `hessians` (E[x xᵀ] by weight name, for GPTQ) are attached
+    by the caller when a recipe needs them and are never saved."""
+
     layers: dict[str, LayerStats]
     num_sequences: int
     seq_len: int
+    hessians: dict[str, torch.Tensor] | None = None
 
     def importance(self, name: str) -> torch.Tensor | None:
         s = self.layers.get(name)

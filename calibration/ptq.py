@@ -13,7 +13,8 @@ from tqdm import tqdm
 from gemma_edge.model.loader import LoadedModel
 
 from .checkpoint import QuantizedCheckpoint
-from .formats import QTensor, check_finite, mse_clip_quantize, quantize
+from .formats import IntGrid, QTensor, check_finite, mse_clip_quantize, quantize
+from .gptq import gptq
 from .observers import CalibrationStats
 from .recipe import EMBEDDING, LM_HEAD, QuantRecipe
 
@@ -27,11 +28,18 @@ def float_weights(loaded: LoadedModel) -> dict[str, torch.Tensor]:
 
 def quantize_weight(w: torch.Tensor, recipe: QuantRecipe, name: str,
                     stats: CalibrationStats | None = None) -> QTensor:
+    """Scales from the clip search (activation-weighted when `stats` has the weight's inputs), then nearest
+    rounding, or GPTQ's on those scales when the recipe asks and `stats` holds the input's Hessian."""
     fmt = recipe.format_for(name)
     if recipe.clip == "minmax":
-        return quantize(w, fmt, name=name)
-    importance = stats.importance(name) if stats is not None and name != EMBEDDING else None
-    return mse_clip_quantize(w, fmt, importance=importance, name=name)
+        q = quantize(w, fmt, name=name)
+    else:
+        importance = stats.importance(name) if stats is not None and name != EMBEDDING else None
+        q = mse_clip_quantize(w, fmt, importance=importance, name=name)
+    hessian = stats.hessians.get(name) if stats is not None and stats.hessians and name != EMBEDDING else None
+    if recipe.rounding == "gptq" and hessian is not None and isinstance(fmt, IntGrid):
+        q = gptq(w, hessian, q)
+    return q
 
 
 Quantizer = Callable[[torch.Tensor, QuantRecipe, str, "CalibrationStats | None"], QTensor]
@@ -87,8 +95,11 @@ def _quantize_all(weights: dict[str, torch.Tensor], recipe: QuantRecipe, stats: 
             q = quantizer(w, recipe, name, stats)
         quantized[name] = q
         err = (q.dequantize() - w).norm() / w.norm().clamp(min=1e-12)
-        report.append({"name": name, "format": fmt.name, "shape": list(w.shape), "bytes": q.storage_bytes(),
-                       "clip": recipe.clip, "relative_error": round(err.item(), 6)})
+        row = {"name": name, "format": fmt.name, "shape": list(w.shape), "bytes": q.storage_bytes(),
+               "clip": recipe.clip, "relative_error": round(err.item(), 6)}
+        if recipe.rounding != "nearest" and stats is not None and name in (stats.hessians or {}):
+            row["rounding"] = recipe.rounding
+        report.append(row)
     return quantized, floats, report
 
 

@@ -19,6 +19,7 @@ LM_HEAD = "lm_head.weight"
 VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")  # a multimodal checkpoint's image path
 ACTIVATIONS = ("none", "int8_dynamic")
 CLIPS = ("mse", "minmax")
+ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class QuantRecipe:
     """`linear`: attention and MLP projections (the vision tower's too). `embedding`: the token table used for lookup.
     `lm_head`: the output projection (Gemma ties it to the embedding; it may still get its own format).
     `overrides`: glob over weight names -> format or "float" (e.g. keep one sensitive layer at int8).
-    `activations`: "int8_dynamic" quantizes each linear's input per token at run time (8da4w)."""
+    `activations`: "int8_dynamic" quantizes each linear's input per token at run time (8da4w).
+    `rounding`: "nearest" rounds each weight to its grid; "gptq" re-rounds the integer grids of the
+    projections and a separate LM head with GPTQ's error feedback from calibration activations (`gptq.py`)."""
 
     name: str
     linear: str
@@ -35,6 +38,7 @@ class QuantRecipe:
     activations: str = "none"
     clip: str = "mse"
     overrides: dict[str, str] = field(default_factory=dict)
+    rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         for fmt in (self.linear, self.embedding, self.lm_head, *self.overrides.values()):
@@ -44,6 +48,8 @@ class QuantRecipe:
             raise GemmaEdgeError(f"recipe {self.name!r}: activations must be one of {ACTIVATIONS}")
         if self.clip not in CLIPS:
             raise GemmaEdgeError(f"recipe {self.name!r}: clip must be one of {CLIPS}")
+        if self.rounding not in ROUNDINGS:
+            raise GemmaEdgeError(f"recipe {self.name!r}: rounding must be one of {ROUNDINGS}")
 
     def format_for(self, name: str) -> QuantFormat | None:
         """The format of weight `name` (our names), None to keep it float. Norms are never quantized."""
@@ -68,7 +74,10 @@ class QuantRecipe:
                                      f"(names look like {names[1]!r})")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.rounding == "nearest":  # recipes written before GPTQ existed stay byte-identical
+            del d["rounding"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantRecipe":

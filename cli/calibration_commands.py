@@ -50,6 +50,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     recipe = QuantRecipe.load(args.recipe)
     if args.clip:
         recipe = dataclasses.replace(recipe, clip=args.clip)
+    if args.rounding:
+        recipe = dataclasses.replace(recipe, rounding=args.rounding)
     calibration = Calibration(Path(args.stats) if args.stats else None, tuple(map(Path, args.calib)), args.samples,
                               args.seq_len, data_free=not args.unweighted, seed=args.seed)
     out = quantize(args.model, args.out, recipe, calibration, cache=not args.no_cache, overwrite=args.overwrite)
@@ -57,7 +59,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     how = "min-max" if recipe.clip == "minmax" else (
         "activation-weighted MSE" + (" (data-free statistics)" if calibration.sampled else "")
         if calibration.weighted else "weight MSE")
-    print(f"wrote {out} ({recipe.name}, clip {how}, {size / 2**20:.1f} MiB of weights)")
+    rounding = ", GPTQ rounding" if recipe.rounding == "gptq" else ""
+    print(f"wrote {out} ({recipe.name}, clip {how}{rounding}, {size / 2**20:.1f} MiB of weights)")
 
 
 def _vision_loss(args: argparse.Namespace, model, reference) -> dict | None:
@@ -245,6 +248,10 @@ def register(sub) -> None:
     p.add_argument("--recipe", required=True, help="a preset name or a recipe JSON file")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--clip", choices=["mse", "minmax"], help="override the recipe's clipping method")
+    p.add_argument("--rounding", choices=["nearest", "gptq"],
+                   help="override the recipe's rounding: gptq re-rounds the projections and a separate LM head with "
+                   "error feedback from the calibration activations (better on text like the calibration data, "
+                   "worse elsewhere: docs/quantization.md)")
     p.add_argument("--stats", help="calibration folder from `gemma-edge calibrate` (activation-weighted search)")
     p.add_argument("--unweighted", action="store_true",
                    help="weigh every input feature alike in the clip search (no calibration statistics)")

@@ -36,6 +36,7 @@ STAGE_CODE = {
 }
 
 KINDS = tuple(BACKENDS)
+SEQUENCES = "sequences.json"  # beside the data-free statistics in the "calibrate" cache entry
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -120,7 +121,8 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
         from gemma_edge.calibration.ptq import quantize_model
 
         loaded = _load_for_calibration(source, calibration.seq_len)
-        stats = _stats(loaded, calibration, cache, progress) if recipe.clip == "mse" else None  # minmax: no search
+        gptq = recipe.rounding == "gptq"
+        stats = _stats(loaded, calibration, cache, progress, hessians=gptq) if recipe.clip == "mse" or gptq else None
         quantize_model(loaded, recipe, stats, progress=progress).save(folder, overwrite=ow)
 
     return _stage("quantize", out, [source, *calibration.inputs],
@@ -138,29 +140,50 @@ def _load_for_calibration(source: Path, seq_len: int):
     return loaded
 
 
-def _stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress: bool):
-    from gemma_edge.calibration.data import read_texts, sample_sequences, token_sequences
+def _stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress: bool, hessians: bool = False):
+    """The calibration statistics of the weighted clip search (None without any), with GPTQ's Hessians
+    attached when `hessians`: they need the calibration sequences themselves, which the data-free cache
+    entry keeps beside the statistics."""
+    from gemma_edge.calibration.data import read_texts, token_sequences
+    from gemma_edge.calibration.gptq import collect_hessians
     from gemma_edge.calibration.observers import CalibrationStats, collect_stats
+    from gemma_edge.model.errors import GemmaEdgeError
 
-    if calibration.stats is not None:
-        return CalibrationStats.load(calibration.stats)
+    if calibration.stats is not None or not calibration.weighted:
+        if hessians:
+            raise GemmaEdgeError("rounding gptq needs calibration sequences: give --data FILE or let quantize sample "
+                                 "them (drop --stats and --unweighted)")
+        return CalibrationStats.load(calibration.stats) if calibration.stats is not None else None
     if calibration.texts:
         sequences = token_sequences(read_texts(calibration.texts), loaded.tokenizer, calibration.seq_len,
                                     calibration.samples)
-        return collect_stats(loaded.model, sequences, progress=progress)
-    if not calibration.sampled:
-        return None
+        stats = collect_stats(loaded.model, sequences, progress=progress)
+    else:
+        stats, sequences = _sampled_stats(loaded, calibration, cache, progress)
+    if hessians:
+        stats.hessians = collect_hessians(loaded.model, sequences, progress)
+    return stats
 
-    def sampled() -> CalibrationStats:
+
+def _sampled_stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress: bool):
+    """(statistics, sequences) of the data-free calibration: sampled once per checkpoint and seed, cached."""
+    from gemma_edge.calibration.data import sample_sequences
+    from gemma_edge.calibration.observers import CalibrationStats, collect_stats
+
+    def sample(folder: Path | None = None):
         sequences = sample_sequences(loaded, calibration.samples, calibration.seq_len, calibration.seed, progress)
-        return collect_stats(loaded.model, sequences, progress=progress)
+        stats = collect_stats(loaded.model, sequences, progress=progress)
+        if folder is not None:
+            stats.save(folder)
+            (folder / SEQUENCES).write_text(json.dumps(sequences) + "\n")
+        return stats, sequences
 
     store = _cache(cache)
     if store is None:
-        return sampled()
+        return sample()
     key = {"options": calibration.describe(), "inputs": [content_digest(loaded.source)]}
-    with store.open("calibrate", key, lambda folder: sampled().save(folder), STAGE_CODE["quantize"]) as (folder, _):
-        return CalibrationStats.load(folder)
+    with store.open("calibrate", key, sample, STAGE_CODE["quantize"]) as (folder, _):
+        return CalibrationStats.load(folder), json.loads((folder / SEQUENCES).read_text())
 
 
 def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 2048, text_only: bool = False,

@@ -284,7 +284,10 @@ def build_graph(w: Weights, max_seq_len: int, embeds: bool = False) -> ir.Model:
 def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=None) -> dict:
     """The description onnxruntime-genai reads (greedy search by default). With `vision` (a VisionConfig),
     its `gemma3` pipeline: vision.onnx -> embedding.onnx -> the decoder fed embeddings. genai sizes both
-    feature buffers by `decoder.hidden_size`, which is hidden + 1 there: the image flag channel."""
+    feature buffers by `decoder.hidden_size`, which is hidden + 1 there: the image flag channel.
+    Text-only folders share the past/present KV buffer (GroupQueryAttention appends in place; no copy of the
+    cache per step); genai's multimodal pipeline fails with it on our decoder (an Expand in the image mask
+    reads the past's shape), so multimodal folders keep separate buffers."""
     io = {"attention_mask": "attention_mask", "past_key_names": "past_key_values.%d.key",
           "past_value_names": "past_key_values.%d.value"}
     session = {"log_id": "onnxruntime-genai", "provider_options": []}
@@ -321,7 +324,7 @@ def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=
     return {
         "model": model,
         "search": {"do_sample": False, "early_stopping": True, "max_length": max_seq_len, "min_length": 0,
-                   "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": False,
+                   "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": vision is None,
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
                    "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
     }

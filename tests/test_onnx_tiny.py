@@ -93,6 +93,7 @@ def test_onnxruntime_genai_generates_the_reference_tokens(tiny, float_export):
     _, _, loaded = tiny
     config = json.loads((float_export / "genai_config.json").read_text())
     assert config["model"]["eos_token_id"] == list(loaded.tokenizer.stop_ids)
+    assert config["search"]["past_present_share_buffer"] is True  # GQA appends into one buffer in place
     prompt = [2] + TOKENS[:12]
     expected = generate(ReferenceRunner(loaded.model), prompt, 24, stop_ids=loaded.tokenizer.stop_ids)
     assert GenAIRunner(float_export).generate(prompt, 24) == expected

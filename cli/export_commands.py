@@ -33,7 +33,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     reports = bench_side_by_side(targets, prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, runs=args.runs,
                                  threads=args.threads, verify=not args.no_verify)
     for r in reports:
-        how = " through ExecuTorch's TextLLMRunner" if r["mode"] == "stock" else ""
+        stock = " through ExecuTorch's TextLLMRunner" if r["artifact"].endswith(".pte") else " through onnxruntime-genai"
+        how = stock if r["mode"] == "stock" else ""
         print(f"{r['artifact']}{how}  ({r['file_mib']:.1f} MiB, {r['threads']} threads, median of {r['runs']} runs)")
         print(f"  prefill  {r['prefill_tok_s']:8.1f} tok/s over {r['prompt_len']} tokens (time to first token {r['ttft_s']:.3f} s)")
         print(f"  decode   {r['decode_tok_s']:8.1f} tok/s after a {r['prompt_len']}-token prompt")
@@ -69,13 +70,14 @@ def register(sub) -> None:
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of an artifact",
                     "Measure an exported folder in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "
                     "decode tok/s after it, time to first token, peak RSS; the median of --runs. With --gguf, the "
-                    "same for a GGUF through llama.cpp (and, with --stock, for the .pte through ExecuTorch's own "
-                    "TextLLMRunner), runs alternating between them.")
+                    "same for a GGUF through llama.cpp (and, with --stock, for the folder through its runtime's own loop: "
+                    "ExecuTorch's TextLLMRunner for a .pte, onnxruntime-genai for ONNX), runs alternating between them.")
     p.add_argument("artifact", help="folder with model.pte or model.onnx")
     p.add_argument("--gguf", help="also measure this GGUF (or `bundled`) through llama-cpp-python, with the same "
                                   "protocol, side by side (needs pip install llama-cpp-python)")
-    p.add_argument("--stock", action="store_true", help="also measure a .pte through ExecuTorch's C++ TextLLMRunner "
-                                                        "(what Android's LlmModule wraps): RSS and its own rates")
+    p.add_argument("--stock", action="store_true", help="also measure the folder through its runtime's own loop: "
+                   "a .pte through ExecuTorch's C++ TextLLMRunner (what Android's LlmModule wraps), an ONNX folder "
+                   "through onnxruntime-genai (what a genai app runs)")
     p.add_argument("--prompt-len", type=positive_int, default=512, help="prompt tokens, prefilled in one call")
     p.add_argument("--decode-tokens", type=positive_int, default=64, help="tokens decoded after the prompt")
     p.add_argument("--runs", type=positive_int, default=3, help="fresh processes measured; figures are their medians")

@@ -117,7 +117,42 @@ def measure_stock(artifact_dir: Path, prompt_len: int, decode_tokens: int, threa
             "stock_prompt_tokens": s["prompt_tokens"], "stock_decoded_tokens": s["generated_tokens"]}
 
 
-MEASURES = {"runner": measure, "stock": measure_stock}
+def measure_genai(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
+    """One run through onnxruntime-genai's own loop on an ONNX folder (what a genai app runs): `og.Model`
+    with `threads` intra-op threads, the prompt appended in one call (prefill), then `decode_tokens` greedy
+    steps; genai keeps the KV cache as the folder's genai_config says (shared past/present buffer or not)."""
+    import onnxruntime_genai as og
+
+    baseline = _rss_mib()
+    config = og.Config(str(artifact_dir))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
+    after_load = _current_rss_mib()
+    prompt = _prompt_ids(json.loads((Path(artifact_dir) / "genai_config.json").read_text())["model"]["vocab_size"],
+                         prompt_len)
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=prompt_len + decode_tokens + 1)
+    generator = og.Generator(model, params)
+    t0 = time.perf_counter()
+    generator.append_tokens(prompt)
+    generator.get_next_tokens()
+    t1 = time.perf_counter()
+    for _ in range(decode_tokens):
+        generator.generate_next_token()
+        generator.get_next_tokens()
+    t2 = time.perf_counter()
+    return {"prefill_tok_s": prompt_len / (t1 - t0), "ttft_s": t1 - t0,
+            "decode_tok_s": decode_tokens / (t2 - t1), "peak_rss_mib": _rss_mib(),
+            "after_load_rss_mib": after_load, "baseline_rss_mib": baseline}
+
+
+def measure_own_loop(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
+    """The runtime's own generation loop: ExecuTorch's TextLLMRunner for a `.pte`, genai for an ONNX folder."""
+    pte = (Path(artifact_dir) / "model.pte").exists()
+    return (measure_stock if pte else measure_genai)(artifact_dir, prompt_len, decode_tokens, threads)
+
+
+MEASURES = {"runner": measure, "stock": measure_own_loop}
 
 
 def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, threads: int) -> dict:
@@ -132,8 +167,8 @@ def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, thre
 
 def bench_side_by_side(targets: list[tuple[str | Path, str]], prompt_len: int = 512, decode_tokens: int = 64,
                        runs: int = 3, threads: int = 2, verify: bool = True) -> list[dict]:
-    """Medians over `runs` fresh processes per (artifact, mode), mode "runner" (ours) or "stock" (ExecuTorch's
-    TextLLMRunner). Run i of every target comes before run i+1 of any, so drift of a shared host hits all of
+    """Medians over `runs` fresh processes per (artifact, mode), mode "runner" (ours) or "stock" (the runtime's
+    own loop: ExecuTorch's TextLLMRunner, onnxruntime-genai). Run i of every target comes before run i+1 of any, so drift of a shared host hits all of
     them alike. Exported folders are first checked against their manifests."""
     from . import artifact_files
 
@@ -141,8 +176,8 @@ def bench_side_by_side(targets: list[tuple[str | Path, str]], prompt_len: int = 
     for (target, mode), fs in zip(targets, files):
         if mode not in MEASURES:
             raise GemmaEdgeError(f"unknown bench mode {mode!r}; one of {', '.join(MEASURES)}")
-        if mode == "stock" and fs[0].suffix != ".pte":
-            raise GemmaEdgeError(f"{target}: the stock runner measures a .pte folder only")
+        if mode == "stock" and fs[0].suffix not in (".pte", ".onnx"):
+            raise GemmaEdgeError(f"{target}: the stock runtimes measure a .pte or ONNX folder, not {fs[0].name}")
     if verify:
         from gemma_edge.export.manifest import verify_artifact
 

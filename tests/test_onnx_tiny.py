@@ -123,6 +123,13 @@ def test_cli_export_onnx_and_bench(tiny, capsys):
     assert report["decode_tok_s"] > 0 and report["artifact"].endswith("model.onnx")
     sizes = sum((root / "cli" / f).stat().st_size for f in ("model.onnx", "model.onnx.data"))
     assert report["file_mib"] == pytest.approx(sizes / 2**20)
+    assert main(["bench", str(root / "cli"), "--stock", "--prompt-len", "16", "--decode-tokens", "4", "--runs", "1",
+                 "--json"]) == 0  # and through onnxruntime-genai's own loop
+    out = capsys.readouterr().out
+    assert "through onnxruntime-genai" in out
+    ours, genai = json.loads(out[out.index("["):])
+    assert (ours["mode"], genai["mode"]) == ("runner", "stock")
+    assert genai["decode_tok_s"] > 0 and genai["prefill_tok_s"] > 0 and genai["peak_rss_mib"] >= genai["after_load_rss_mib"]
 
 
 def test_per_channel_int4_over_a_width_that_is_no_power_of_two(tmp_path):

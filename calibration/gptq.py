@@ -16,14 +16,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import nn
-from tqdm import tqdm
 
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
 
 from .formats import IntGrid, QTensor
-from .recipe import LM_HEAD
+from .observers import observe_inputs
 
 # Fraction of the mean diagonal added to H. The reference implementation's 0.01 fits the 270M's 2,048 data-free
 # calibration tokens too closely (German KL 0.41 -> 0.69 against nearest rounding); 0.1 keeps most of the
@@ -32,7 +30,6 @@ DAMP = 0.1
 COLUMNS = 128  # columns updated together (the lazy batch of the reference implementation)
 
 
-@torch.no_grad()
 def collect_hessians(model: Gemma, sequences: Sequence[Sequence[int]], progress: bool = True) -> dict[str, torch.Tensor]:
     """E[x xᵀ] of the input of every projection (by weight name) and of the LM head, over all positions."""
     sums: dict[str, torch.Tensor] = {}
@@ -43,17 +40,7 @@ def collect_hessians(model: Gemma, sequences: Sequence[Sequence[int]], progress:
         sums[name] = sums.get(name, 0) + x.T @ x
         counts[name] = counts.get(name, 0) + x.shape[0]
 
-    hooks = [mod.register_forward_hook(lambda m, inp, out, n=f"{name}.weight": add(n, inp[0]))
-             for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and name != "lm_head"]
-    hooks.append(model.norm.register_forward_hook(lambda m, inp, out: add(LM_HEAD, out)))
-    try:
-        for seq in tqdm(sequences, desc="GPTQ Hessians", unit="seq", disable=not progress):
-            model.reset_caches()
-            model(torch.tensor([list(seq)]), torch.arange(len(seq)))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.reset_caches()
+    observe_inputs(model, sequences, add, desc="GPTQ Hessians", progress=progress)
     return {k: s / counts[k] for k, s in sums.items()}
 
 

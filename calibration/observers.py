@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -63,30 +63,30 @@ class _Accumulator:
 
 
 @torch.no_grad()
-def collect_stats(model: Gemma, sequences: Sequence[Sequence[int]], progress: bool = True) -> "CalibrationStats":
-    """Run the sequences through `model`, recording the input of every projection and of the LM head."""
+def observe_inputs(model: Gemma, sequences: Sequence[Sequence[int]], add: Callable[[str, torch.Tensor], None],
+                   desc: str = "observe activations", progress: bool = True) -> None:
+    """Run the sequences through `model`, calling `add(weight name, input)` for the input of every projection
+    and of the LM head (the final norm's output): the one pass calibration statistics and GPTQ's Hessians
+    are gathered in."""
     if not sequences:
         raise GemmaEdgeError("calibration set is empty: no sequences to observe")
-    accs: dict[str, _Accumulator] = {}
-    hooks = []
-
-    def observe(name: str):
-        accs[name] = _Accumulator()
-        return lambda mod, inp, out: accs[name].add(inp[0])
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and name != "lm_head":
-            hooks.append(mod.register_forward_hook(observe(f"{name}.weight")))
-    accs[LM_HEAD] = _Accumulator()
-    hooks.append(model.norm.register_forward_hook(lambda mod, inp, out: accs[LM_HEAD].add(out)))
+    hooks = [mod.register_forward_hook(lambda m, inp, out, n=f"{name}.weight": add(n, inp[0]))
+             for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and name != "lm_head"]
+    hooks.append(model.norm.register_forward_hook(lambda m, inp, out: add(LM_HEAD, out)))
     try:
-        for seq in tqdm(sequences, desc="observe activations", unit="seq", disable=not progress):
+        for seq in tqdm(sequences, desc=desc, unit="seq", disable=not progress):
             model.reset_caches()
             model(torch.tensor([list(seq)]), torch.arange(len(seq)))
     finally:
         for h in hooks:
             h.remove()
         model.reset_caches()
+
+
+def collect_stats(model: Gemma, sequences: Sequence[Sequence[int]], progress: bool = True) -> "CalibrationStats":
+    """Range, percentile and E[x²] statistics of the input of every projection and of the LM head."""
+    accs: dict[str, _Accumulator] = {}
+    observe_inputs(model, sequences, lambda name, x: accs.setdefault(name, _Accumulator()).add(x), progress=progress)
     return CalibrationStats({k: a.result() for k, a in accs.items()}, num_sequences=len(sequences),
                             seq_len=len(sequences[0]))
 

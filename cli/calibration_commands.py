@@ -20,6 +20,16 @@ def _calibration_sequences(args: argparse.Namespace, loaded):
     return sample_sequences(loaded, args.samples, args.seq_len, seed=args.seed)
 
 
+def _qat_sequences(args: argparse.Namespace, loaded):
+    """QAT's training text: --data, else the built-in mix of prose, chat turns and code that shares nothing with
+    the held-out domains (`training_documents`; sampling 256 sequences from the model would take an hour)."""
+    from gemma_edge.calibration.data import token_sequences, training_documents
+
+    if args.calib:
+        return _calibration_sequences(args, loaded)
+    return token_sequences(training_documents(), loaded.tokenizer, args.seq_len, args.samples)
+
+
 def _load_model(model: str, max_seq_len: int):
     from gemma_edge.model import load
     from gemma_edge.model.bundled import resolve_model_path
@@ -187,7 +197,7 @@ def cmd_qat(args: argparse.Namespace) -> None:
         procs.share(cfg.batch)  # refuse a batch that does not split before loading anything
         loaded = _load_model(args.model, cfg.seq_len)
         sequences = state["sequences"].tolist() if state is not None else procs.from_writer(
-            lambda: _calibration_sequences(args, loaded))
+            lambda: _qat_sequences(args, loaded))
         init = _qat_init(args, loaded, recipe, sequences, progress=procs.writes)
         ckpt = train(loaded, init, sequences, cfg, run_dir, resume=state, meta=meta)
         if not procs.writes:
@@ -301,8 +311,9 @@ def register_qat(sub) -> None:
                    help="sequences per step, split over the processes of a torchrun launch (a multiple of them)")
     p.add_argument("--out", required=True, help="output QuantizedCheckpoint folder (written atomically)")
     p.add_argument("--data", dest="calib", nargs="+", default=[], metavar="FILE",
-                   help="training text (.txt, or .jsonl with a 'text' field); default: sampled from the float model")
-    p.add_argument("--sequences", dest="samples", type=positive_int, default=256, help="training sequences to cut or sample")
+                   help="training text (.txt, or .jsonl with a 'text' field); default: the built-in English prose, chat "
+                        "turns and Python code that the held-out domains of `gemma-edge eval` never share")
+    p.add_argument("--sequences", dest="samples", type=positive_int, default=256, help="training sequences to cut")
     p.add_argument("--seq-len", type=positive_int, default=d.seq_len, help="tokens per training sequence")
     p.add_argument("--resume", metavar="DIR", help="an OUT.qat-state folder of an interrupted run")
     p.add_argument("--init", metavar="DIR", help="start from this quantized checkpoint instead of PTQ "
@@ -315,7 +326,7 @@ def register_qat(sub) -> None:
                    help="also train the lookup table when it is not the LM head's")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in backward to save memory")
     p.add_argument("--save-every", type=positive_int, default=d.save_every, help="steps between saved training states")
-    p.add_argument("--seed", type=seed, default=d.seed, help="data order and data-free sampling seed")
+    p.add_argument("--seed", type=seed, default=d.seed, help="data order seed")
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--overwrite", action="store_true")
 

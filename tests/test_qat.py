@@ -188,6 +188,18 @@ def test_off_grid_weights_are_refused(tmp_path):
         grid_qtensor(torch.randn(4, 64), QuantFormat.parse("int4_block32"), "w")
 
 
+def test_cli_qat_trains_on_the_built_in_text_without_data(tmp_path):
+    """Without --data QAT cuts its sequences from `training_documents()` (prose, chat turns, code; nothing of
+    the held-out domains), in order."""
+    from gemma_edge.calibration.data import token_sequences, training_documents
+
+    model = write_tiny_checkpoint(tmp_path / "tiny")
+    assert main(["qat", str(model), "--recipe", "int4-block32", "--steps", "2", "--seq-len", "16", "--sequences", "6",
+                 "--out", str(tmp_path / "q")]) in (0, None)
+    used = qat.load_run(tmp_path / "q.qat-state")[2]["sequences"].tolist()
+    assert used == token_sequences(training_documents(), load(model).tokenizer, 16, 6)
+
+
 def test_cli_qat_writes_a_checkpoint_and_resumes(tmp_path, capsys):
     model = write_tiny_checkpoint(tmp_path / "tiny")
     text = tmp_path / "train.txt"

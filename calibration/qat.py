@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -307,8 +308,8 @@ class Processes:
         return range(self.rank, batch, self.world)
 
     def from_writer(self, make):
-        """`make()` run by rank 0 only and its result sent to every process (training sequences: sampling
-        them once, not once per process)."""
+        """`make()` run by rank 0 only and its result sent to every process (the training sequences: made
+        once, not once per process)."""
         box = [make() if self.writes else None]
         if self.world > 1:
             dist.broadcast_object_list(box, src=0)
@@ -327,8 +328,6 @@ class Processes:
 def torchrun_processes():
     """Join the process group that `torchrun` describes in the environment; without torchrun, one process.
     Yields this process's `Processes`. gloo: training runs on the CPU (the student is not placed on CUDA)."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
         yield Processes.current()
         return

@@ -104,7 +104,9 @@ def _eval_texts(args: argparse.Namespace) -> dict[str, str]:
     from gemma_edge.calibration.data import held_out_domains, read_texts
 
     if args.text:
-        return {Path(f).stem: "\n\n".join(read_texts([f])) for f in args.text}
+        stems = [Path(f).stem for f in args.text]
+        names = [stem if stems.count(stem) == 1 else str(f) for stem, f in zip(stems, args.text)]
+        return {name: "\n\n".join(read_texts([f])) for name, f in zip(names, args.text)}
     return held_out_domains(args.domain)
 
 

@@ -4,7 +4,7 @@ template, which onnxruntime-genai (`og.Tokenizer`, its chat-template API) and tr
 Built from our SentencePiece model, not downloaded: a byte-fallback BPE whose merges are every split of a
 piece into two pieces, ranked by the merged piece's score (SentencePiece's BPE merges the best-scoring pair
 first), as transformers' Gemma converter does. Two things need care to give SentencePiece's ids:
-- Runs of spaces are user-defined pieces ("▁▁" … 31 of them) that SentencePiece matches before BPE. Here they
+- Runs of spaces are user-defined pieces (2 to 31 "▁") that SentencePiece matches before BPE. Here they
   are ordinary BPE pieces, and a pre-tokenizer isolates runs of two or more (at most the longest piece) as
   SentencePiece's greedy match does, so the word after such a run loses its "▁" as it does there.
   onnxruntime-genai 0.18 ignores that pre-tokenizer: runs longer than 31 spaces split differently there

@@ -93,15 +93,15 @@ CHAT_SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "examples" / "genai
 def test_genai_tokenizer_and_stream_match_sentencepiece_on_the_exported_folder(exports, real_model):
     """og.Tokenizer reads the folder's tokenizer.json: SentencePiece's ids on multilingual prose, code, chat,
     runs of spaces and newlines and every user-defined piece, and its stream decodes them to the same text.
-    Runs of more than 31 spaces (the longest space piece) are left out: genai 0.18 ignores the pre-tokenizer
-    that splits them as SentencePiece does (docs/onnx.md)."""
+    Runs of more than 31 spaces (the longest space piece; the code and Python-docs domains have some) are cut
+    to 31: genai 0.18 ignores the pre-tokenizer that splits longer ones as SentencePiece does (docs/onnx.md)."""
     import onnxruntime_genai as og
     from test_tokenizer import _agreement_texts
 
     tok = real_model.tokenizer
     genai = og.Tokenizer(og.Model(str(exports["int4-block32"][1])))
-    texts = [t for t in _agreement_texts(tok) if not re.search(" {32,}", t)]
-    assert len(texts) > 60
+    texts = list(dict.fromkeys(re.sub(" {32,}", " " * 31, t) for t in _agreement_texts(tok)))  # runs cut to 31
+    assert len(texts) > 50
     for text in texts:
         ids = tok.encode(text)
         assert list(genai.encode("<bos>" + text)) == ids, text[:60]

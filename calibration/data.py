@@ -82,8 +82,8 @@ DOMAINS = ("english", "chat", "code", "python-docs", "german", "french", "chines
 
 def held_out_domains(names: Sequence[str] = DOMAINS) -> dict[str, str]:
     """The evaluation text of each domain (heldout/README.md says where each comes from). Calibration and
-    QAT never read these: their default text is sampled from the float model, and `pydoc_training_text`
-    holds only the language-reference topics that `python-docs` does not."""
+    QAT never read these: calibration samples its default text from the float model, QAT trains by default
+    on `training_documents()`, which shares no passage with them (tests/test_ptq.py)."""
     import inspect
     import textwrap
 

@@ -85,6 +85,13 @@ def evaluate(model: Gemma, tokens: Sequence[int], seq_len: int = 512, reference:
     return EvalResult(count, math.exp(nll / count), kl / count, agree / count, math.exp(ref_nll / count))
 
 
+def evaluate_domains(model: Gemma, texts: dict[str, list[int]], seq_len: int = 512,
+                     reference: Gemma | None = None) -> dict[str, EvalResult]:
+    """`evaluate` on each domain's tokens (the short last window kept), plus "all": the pooled result."""
+    results = {name: evaluate(model, ids, seq_len, reference, progress=False, tail=True) for name, ids in texts.items()}
+    return {**results, "all": EvalResult.pool(list(results.values()))}
+
+
 @torch.no_grad()
 def vision_loss(decoder: Gemma, float_encoder: nn.Module, quantized_encoder: nn.Module, prompt: Sequence[int],
                 pixels: torch.Tensor) -> dict:

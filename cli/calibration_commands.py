@@ -111,7 +111,7 @@ def _eval_texts(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from gemma_edge.calibration.evaluate import EvalResult, evaluate, plot_weight_errors, weight_errors
+    from gemma_edge.calibration.evaluate import evaluate_domains, plot_weight_errors, weight_errors
     from gemma_edge.model.atomic import atomic_dir, check_output_path
 
     if args.report:
@@ -119,21 +119,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     texts = _eval_texts(args)
     model = _load_model(args.model, args.seq_len)
     reference = _load_model(args.against, args.seq_len) if args.against else None
-    results = {}
+    results = evaluate_domains(model.model, {name: model.tokenizer.encode(text)[:args.tokens]
+                                             for name, text in texts.items()},
+                               args.seq_len, reference.model if reference else None)
+    result = results.pop("all")
     print(f"{'domain':<12} {'tokens':>6} {'perplexity':>10}" + (f" {'float':>8} {'KL(float||q)':>12} {'top-1 agreement':>16}"
                                                                if reference else ""))
-    for name, text in texts.items():
-        tokens = model.tokenizer.encode(text)[:args.tokens]
-        r = evaluate(model.model, tokens, args.seq_len, reference.model if reference else None, progress=False,
-                     tail=True)
-        results[name] = r
+    for name, r in [*results.items(), *([("all", result)] if len(results) > 1 else [])]:
         print(f"{name:<12} {r.tokens:>6} {r.perplexity:>10.3f}" + (
             f" {r.reference_perplexity:>8.3f} {r.kl_to_float:>12.4f} {r.top1_agreement:>16.2%}" if reference else ""))
-    result = EvalResult.pool(list(results.values()))
-    if len(results) > 1:
-        print(f"{'all':<12} {result.tokens:>6} {result.perplexity:>10.3f}" + (
-            f" {result.reference_perplexity:>8.3f} {result.kl_to_float:>12.4f} {result.top1_agreement:>16.2%}"
-            if reference else ""))
     vision = _vision_loss(args, model, reference) if reference is not None else None
     if args.report:
         with atomic_dir(args.report, overwrite=args.overwrite, inputs=[model.source, args.against]) as tmp:

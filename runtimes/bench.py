@@ -60,6 +60,15 @@ def _prompt_ids(vocab_size: int, prompt_len: int) -> list[int]:
     return [2] + [first + (i * 7919) % ordinary for i in range(prompt_len - 1)]
 
 
+def _figures(prompt_len: int, decode_tokens: int, times: tuple[float, float, float], after_load: float,
+             baseline: float) -> dict:
+    """A run's figures from its clock readings: before prefill, after prefill (first token), after decode."""
+    t0, t1, t2 = times
+    return {"prefill_tok_s": prompt_len / (t1 - t0), "ttft_s": t1 - t0,
+            "decode_tok_s": decode_tokens / (t2 - t1), "peak_rss_mib": _rss_mib(),
+            "after_load_rss_mib": after_load, "baseline_rss_mib": baseline}
+
+
 def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:
     """One run through our runner: prefill `prompt_len` tokens in one call, then decode `decode_tokens` greedily."""
     import torch
@@ -78,9 +87,7 @@ def measure(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: in
     for _ in range(decode_tokens):
         token = int(runner.decode(token).argmax())
     t2 = time.perf_counter()
-    return {"prefill_tok_s": prompt_len / (t1 - t0), "ttft_s": t1 - t0,
-            "decode_tok_s": decode_tokens / (t2 - t1), "peak_rss_mib": _rss_mib(),
-            "after_load_rss_mib": after_load, "baseline_rss_mib": baseline}
+    return _figures(prompt_len, decode_tokens, (t0, t1, t2), after_load, baseline)
 
 
 def _stock_prompt(tokenizer_model: Path, prompt_len: int) -> str:
@@ -141,9 +148,7 @@ def measure_genai(artifact_dir: Path, prompt_len: int, decode_tokens: int, threa
         generator.generate_next_token()
         generator.get_next_tokens()
     t2 = time.perf_counter()
-    return {"prefill_tok_s": prompt_len / (t1 - t0), "ttft_s": t1 - t0,
-            "decode_tok_s": decode_tokens / (t2 - t1), "peak_rss_mib": _rss_mib(),
-            "after_load_rss_mib": after_load, "baseline_rss_mib": baseline}
+    return _figures(prompt_len, decode_tokens, (t0, t1, t2), after_load, baseline)
 
 
 def measure_own_loop(artifact_dir: Path, prompt_len: int, decode_tokens: int, threads: int) -> dict:

@@ -13,7 +13,7 @@ import sys
 
 from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
 from gemma_edge.calibration.data import held_out_domains
-from gemma_edge.calibration.evaluate import EvalResult, evaluate
+from gemma_edge.calibration.evaluate import evaluate_domains
 from gemma_edge.model import load
 from gemma_edge.model.bundled import bundled_gguf
 
@@ -23,12 +23,10 @@ TOKENS, SEQ_LEN = 2048, 512
 def main(models: list[tuple[str, str]]) -> None:
     loaded = load(bundled_gguf(), max_seq_len=SEQ_LEN, progress=False)
     texts = {name: loaded.tokenizer.encode(text)[:TOKENS] for name, text in held_out_domains().items()}
-    results: dict[str, dict[str, EvalResult]] = {}
+    results = {}
     for label, folder in models:
-        model = QuantizedCheckpoint.load(folder).build_model(SEQ_LEN)
-        results[label] = {d: evaluate(model, ids, SEQ_LEN, loaded.model, progress=False, tail=True)
-                          for d, ids in texts.items()}
-        results[label]["all"] = EvalResult.pool(list(results[label].values()))
+        results[label] = evaluate_domains(QuantizedCheckpoint.load(folder).build_model(SEQ_LEN), texts, SEQ_LEN,
+                                          loaded.model)
         print(f"{label}: " + "  ".join(f"{d} {r.kl_to_float:.3f}" for d, r in results[label].items()), flush=True)
     domains = [*texts, "all"]
     first = next(iter(results.values()))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,7 +23,7 @@ from gemma_edge.model.bundled import resolve_model_path
 from gemma_edge.model.digest import content_digest
 from gemma_edge.runtimes.backends import BACKENDS, backend
 
-from .cache import BuildCache, default_cache
+from .cache import BuildCache, default_cache, restore
 
 # The gemma-edge packages each stage's output can depend on (its key covers their code): a stage imports
 # nothing downstream of it, and the pipeline's own code decides how each stage is called.
@@ -56,7 +55,7 @@ def _stage(name: str, out: str | Path, inputs: Sequence[Path], options: dict,
     key_inputs = {"options": options, "inputs": [content_digest(p) for p in inputs]}
     with store.open(name, key_inputs, lambda folder: make(folder, False), code) as (cached, _), \
             atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
-        shutil.copytree(cached, tmp, dirs_exist_ok=True)
+        restore(cached, tmp)
         if relocate is not None:
             relocate(tmp)
     return out

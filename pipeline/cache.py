@@ -7,7 +7,8 @@ the libraries that compute it and the platform. An entry is `builds/<key>/` with
 re-hashes every file before use; a mismatch or a missing file deletes the entry and the stage runs again.
 Builders of one key hold a lock, so a second one waits and then hits. Location: `$GEMMA_EDGE_CACHE`
 (default `~/.cache/gemma_edge`), `builds/` inside it; least recently used entries go when the total passes
-`$GEMMA_EDGE_CACHE_MAX_GB` (default 20).
+`$GEMMA_EDGE_CACHE_MAX_GB` (default 20). A restored output shares its large files with the entry (hard links,
+`restore`), so a build and its cached copy take the disk once.
 """
 
 from __future__ import annotations
@@ -68,6 +69,30 @@ def environment() -> dict:
 
     return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
             "libraries": {d: version(d) for d in LIBRARIES}}
+
+
+# Files this large are restored as hard links; smaller ones (metadata a stage rewrites after restoring, such
+# as source.json and manifest.json) are copied.
+LINK_BYTES = 1 << 20
+
+
+def restore(output: Path, dest: Path) -> None:
+    """Put an entry's files under `dest`: large ones as hard links to the entry (the disk holds them once; an
+    in-place edit of one changes the entry too, and the next hit's re-hash then deletes and rebuilds the
+    entry), small ones as copies; copies throughout where a link is refused (another filesystem)."""
+    for src in sorted(output.rglob("*")):
+        target = dest / src.relative_to(output)
+        if src.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.stat().st_size >= LINK_BYTES:
+            try:
+                os.link(src, target)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(src, target)
 
 
 def max_bytes() -> int:

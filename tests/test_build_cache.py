@@ -128,13 +128,37 @@ def test_a_stage_is_keyed_by_the_code_it_depends_on(store, tiny, tmp_path, monke
 
 def test_a_flipped_byte_in_a_stored_output_is_detected_and_rebuilt(store, tiny, tmp_path):
     first = pipeline.export(tiny, tmp_path / "a", "onnx", max_seq_len=32, cache=store)
+    built = (first / "model.onnx.data").read_bytes()
     stored = next(store.root.glob("??/*/output/model.onnx.data"))
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0x01
     stored.write_bytes(bytes(data))
     again = pipeline.export(tiny, tmp_path / "b", "onnx", max_seq_len=32, cache=store)
     assert store.built == ["export-onnx"] * 2
-    assert (again / "model.onnx.data").read_bytes() == (first / "model.onnx.data").read_bytes()
+    assert (again / "model.onnx.data").read_bytes() == built
+
+
+def test_a_restored_output_shares_large_files_with_the_entry_and_an_edit_to_one_is_caught(store, tiny, tmp_path,
+                                                                                          monkeypatch):
+    """Large files are hard links (the disk holds a build once), metadata is copied; writing into a restored
+    file in place reaches the entry, whose next hit re-hashes, deletes it and builds again."""
+    from gemma_edge.pipeline import cache
+
+    monkeypatch.setattr(cache, "LINK_BYTES", 4096)
+    first = pipeline.export(tiny, tmp_path / "a", "onnx", max_seq_len=32, cache=store)
+    entry = next(store.root.glob("??/*/output"))
+    weights, manifest = first / "model.onnx.data", first / "manifest.json"
+    assert weights.stat().st_size >= 4096 > manifest.stat().st_size
+    assert weights.stat().st_ino == (entry / weights.name).stat().st_ino and weights.stat().st_nlink == 2
+    assert manifest.stat().st_ino != (entry / manifest.name).stat().st_ino
+    built = weights.read_bytes()
+    with open(weights, "r+b") as f:  # an in-place edit of the user's output
+        f.seek(len(built) // 2)
+        f.write(bytes([built[len(built) // 2] ^ 0xFF]))
+    again = pipeline.export(tiny, tmp_path / "b", "onnx", max_seq_len=32, cache=store)
+    assert store.built == ["export-onnx"] * 2
+    assert (again / "model.onnx.data").read_bytes() == built
+    assert weights.read_bytes() != built  # the user's edit stays theirs
 
 
 def test_a_partial_or_truncated_entry_is_rebuilt(store, tiny, tmp_path):

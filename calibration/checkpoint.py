@@ -29,7 +29,7 @@ from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionConfig, VisionEncoder
 
 from .formats import QTensor, QuantFormat
-from .recipe import LM_HEAD, VISION_PREFIXES, QuantRecipe
+from .recipe import EMBEDDING, LM_HEAD, VISION_PREFIXES, QuantRecipe
 
 FORMAT_TAG = "gemma-edge-quantized-v1"
 
@@ -67,9 +67,11 @@ class QuantizedCheckpoint:
 
     # ---- the quantized reference -----------------------------------------------------------------
     def build_model(self, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
-                    activations: str | None = None) -> Gemma:
+                    activations: str | None = None, activation_blocks: dict[str, int] | None = None) -> Gemma:
         """The quantized reference. `activations` overrides the recipe's, to mirror a runtime that
-        quantizes activations itself (XNNPACK runs every int4 linear on int8 dynamic activations)."""
+        quantizes activations itself: "int8_dynamic" (XNNPACK runs every int4 linear on int8 per-token
+        activations) or "int8_block" (onnxruntime's MatMulNBits at accuracy_level 4: int8 per block of the
+        weight, for the weights named in `activation_blocks`, an ONNX manifest's record)."""
         state = {k: v.to(dtype) for k, v in self.dequantized_state().items()}
         head = state.pop(LM_HEAD, None)
         model = Gemma(self.config, max_seq_len=max_seq_len, dtype=dtype)
@@ -77,13 +79,13 @@ class QuantizedCheckpoint:
         if head is not None:  # tied in the float model, but the LM head has its own format
             model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, dtype=dtype)
             model.lm_head.weight.data.copy_(head)
-        if (activations or self.recipe.activations) == "int8_dynamic":
-            _quantize_activations(model)
+        _simulate_activations(model, activations or self.recipe.activations, activation_blocks)
         return model.eval()
 
-    def build_vision(self, dtype: torch.dtype = torch.float32, activations: str | None = None) -> VisionEncoder:
+    def build_vision(self, dtype: torch.dtype = torch.float32, activations: str | None = None,
+                     activation_blocks: dict[str, int] | None = None) -> VisionEncoder:
         """The quantized vision reference: the SigLIP tower and projector with dequantized weights (and
-        int8 per-token inputs to its quantized linears for `activations="int8_dynamic"`, as XNNPACK runs it)."""
+        int8 inputs to its quantized linears for `activations`, as in `build_model`)."""
         config = VisionConfig.from_hf_dict(self.multimodal_config or {})
         if config is None:
             raise GemmaEdgeError("this quantized checkpoint carries no vision tower; quantize the multimodal "
@@ -91,8 +93,7 @@ class QuantizedCheckpoint:
         encoder = VisionEncoder(config).to(dtype)
         check_and_load(encoder, {k: v.to(dtype) for k, v in self.dequantized_state(vision=True).items()},
                        Path("quantized checkpoint"))
-        if (activations or self.recipe.activations) == "int8_dynamic":
-            _quantize_activations(encoder, only=set(self.quantized))
+        _simulate_activations(encoder, activations or self.recipe.activations, activation_blocks, set(self.quantized))
         return encoder.eval()
 
     # ---- storage ---------------------------------------------------------------------------------
@@ -174,15 +175,15 @@ def record_source(folder: Path, source: Path) -> None:
 
 
 def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
-                   activations: str | None = None) -> LoadedModel:
+                   activations: str | None = None, activation_blocks: dict[str, int] | None = None) -> LoadedModel:
     """`gemma_edge.model.load` for a quantized checkpoint: the quantized reference model
-    (`activations` as in `QuantizedCheckpoint.build_model`)."""
+    (`activations`, `activation_blocks` as in `QuantizedCheckpoint.build_model`)."""
     path = Path(path)
     ckpt = QuantizedCheckpoint.load(path)
     seq = max_seq_len or min(4096, ckpt.config.max_position_embeddings)
     tok = (Tokenizer(ckpt.tokenizer_model, str(path / "tokenizer.model"), ckpt.config.bos_token_id)
            if ckpt.tokenizer_model else None)
-    return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations), tok, path)
+    return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations, activation_blocks), tok, path)
 
 
 def _has_vision(path: Path) -> bool:
@@ -202,7 +203,7 @@ QUANTIZED_FOLDER = FolderKind("quantized checkpoint", is_quantized_checkpoint, l
                               _load_vision)
 
 
-# ---- simulated dynamic activation quantization (8da4w) -----------------------------------------
+# ---- simulated dynamic activation quantization: what a runtime does to a linear's input ------------
 
 def fake_quantize_per_token_int8(x: torch.Tensor) -> torch.Tensor:
     """Asymmetric int8 per token (row), as PyTorch's `quantized_decomposed` per-token ops define it — the
@@ -216,26 +217,69 @@ def fake_quantize_per_token_int8(x: torch.Tensor) -> torch.Tensor:
     return ops.dequantize_per_token(q, scale, zero_point, -128, 127, torch.int8, torch.float32)
 
 
+def fake_quantize_per_block_int8(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Symmetric int8 per `block` consecutive input features (scale amax / 127, rounding half to even): how
+    onnxruntime's MatMulNBits quantizes its input at accuracy_level 4 (MLAS CompInt8), `block` being the
+    weight's own block. Agrees with onnxruntime's output to float rounding (tests/test_onnx_tiny.py)."""
+    groups = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
+    amax = groups.abs().amax(-1, keepdim=True)
+    inverse = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return (torch.round(groups * inverse) * (amax / 127.0)).reshape(x.shape)
+
+
 class DynamicInt8Linear(nn.Linear):
-    """A linear whose input is quantized to int8 per token before the (dequantized) weight is applied."""
+    """A linear whose input is quantized to int8 at run time before the (dequantized) weight is applied:
+    per token when `block` is None (XNNPACK), else symmetric per `block` input features (onnxruntime)."""
+
+    block: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(fake_quantize_per_token_int8(x.float()).to(x.dtype), self.weight, self.bias)
+        xq = (fake_quantize_per_token_int8(x.float()) if self.block is None
+              else fake_quantize_per_block_int8(x.float(), self.block))
+        return F.linear(xq.to(x.dtype), self.weight, self.bias)
 
 
-def _quantize_activations(model: nn.Module, only: set[str] | None = None) -> None:
-    """Every linear (or those whose weight is named in `only`) takes int8 per-token inputs."""
+def _quantize_activations(model: nn.Module, only: set[str] | None = None, blocks: dict[str, int] | None = None) -> None:
+    """Every linear (or those whose weight is named in `only`) takes int8 per-token inputs; with `blocks`
+    ({weight name: block}) the weights named there take int8 inputs per block and the rest float ones.
+    A tied head goes by the embedding's name."""
+
+    def plan(weight: str) -> tuple[bool, int | None]:
+        if blocks is not None:
+            return weight in blocks, blocks.get(weight)
+        return only is None or weight in only, None
+
+    def quantized_input(linear: nn.Linear, block: int | None) -> DynamicInt8Linear:
+        new = DynamicInt8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                device="meta", dtype=linear.weight.dtype)  # takes the linear's own tensors
+        new.weight, new.bias, new.block = linear.weight, linear.bias, block
+        return new
 
     def replace(name: str, child: nn.Module) -> nn.Module | None:
-        if type(child) is not nn.Linear or (only is not None and f"{name}.weight" not in only):
-            return None
-        new = DynamicInt8Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                dtype=child.weight.dtype)
-        new.weight, new.bias = child.weight, child.bias
-        return new
+        quantize, block = plan(f"{name}.weight")
+        return quantized_input(child, block) if type(child) is nn.Linear and quantize else None
 
     swap_modules(model, replace)
     if isinstance(model, Gemma) and model.lm_head is None:  # a tied head shares the embedding table
-        head = DynamicInt8Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
-        head.weight = model.embed_tokens.weight
-        model.lm_head = head
+        quantize, block = plan(EMBEDDING) if blocks is not None else (True, None)
+        if quantize:
+            head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False, device="meta")
+            head.weight = model.embed_tokens.weight
+            model.lm_head = quantized_input(head, block)
+
+
+ACTIVATION_MODES = ("none", "int8_dynamic", "int8_block")
+
+
+def _simulate_activations(model: nn.Module, mode: str, blocks: dict[str, int] | None,
+                          only: set[str] | None = None) -> None:
+    """Give `model` the activation numerics `mode` names (`only`: the per-token mode's linears, all if None)."""
+    if mode not in ACTIVATION_MODES:
+        raise GemmaEdgeError(f"activations {mode!r}: must be one of {', '.join(ACTIVATION_MODES)}")
+    if mode == "int8_dynamic":
+        _quantize_activations(model, only=only)
+    elif mode == "int8_block":
+        if blocks is None:
+            raise GemmaEdgeError("int8_block activations need the artifact's activation_blocks (its manifest "
+                                 "metadata); re-export the folder")
+        _quantize_activations(model, blocks=blocks)

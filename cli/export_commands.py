@@ -16,7 +16,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from gemma_edge.runtimes import artifact_files
 
     out = export(args.model, args.out, args.format, max_seq_len=args.max_seq_len, text_only=args.text_only,
-                 cache=not args.no_cache, overwrite=args.overwrite)
+                 cache=not args.no_cache, overwrite=args.overwrite, int8_activations=args.int8_activations)
     manifest = read_manifest(out)
     files = [p.name for p in artifact_files(out)]
     size = sum(manifest["files"][n]["bytes"] for n in files) / 2**20
@@ -28,8 +28,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from gemma_edge.model.bundled import resolve_model_path
     from gemma_edge.runtimes.bench import bench_side_by_side
 
-    targets = [(args.artifact, "runner")] + ([(args.artifact, "stock")] if args.stock else []) + \
-        ([(str(resolve_model_path(args.gguf)), "runner")] if args.gguf else [])
+    targets = [(a, mode) for a in args.artifact for mode in (("runner", "stock") if args.stock else ("runner",))]
+    targets += [(str(resolve_model_path(args.gguf)), "runner")] if args.gguf else []
     reports = bench_side_by_side(targets, prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, runs=args.runs,
                                  threads=args.threads, verify=not args.no_verify)
     for r in reports:
@@ -66,13 +66,19 @@ def register(sub) -> None:
                         "ExecuTorch MultimodalRunner's vision_encoder, token_embedding and text_decoder methods, "
                         "and the ONNX folder onnxruntime-genai's gemma3 layout: vision.onnx, embedding.onnx and "
                         "model.onnx fed embeddings (standard Attention with the image mask instead of GQA)")
+    p.add_argument("--int8-activations", action="store_true",
+                   help="onnx only, the speed path: every MatMulNBits at accuracy_level 4, so onnxruntime "
+                        "quantizes each input to int8 per block of the weight (as the .pte's XNNPACK does per "
+                        "token). Parity judges it against a reference that does the same; without it the "
+                        "folder keeps float activations and matches its reference exactly")
 
-    p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of an artifact",
-                    "Measure an exported folder in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "
+    p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of artifacts",
+                    "Measure exported folders in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "
                     "decode tok/s after it, time to first token, peak RSS; the median of --runs. With --gguf, the "
-                    "same for a GGUF through llama.cpp (and, with --stock, for the folder through its runtime's own loop: "
-                    "ExecuTorch's TextLLMRunner for a .pte, onnxruntime-genai for ONNX), runs alternating between them.")
-    p.add_argument("artifact", help="folder with model.pte or model.onnx")
+                    "same for a GGUF through llama.cpp (and, with --stock, for each folder through its runtime's own "
+                    "loop: ExecuTorch's TextLLMRunner for a .pte, onnxruntime-genai for ONNX). Several folders are "
+                    "measured side by side: runs alternate between all of them, so a drifting host hits each alike.")
+    p.add_argument("artifact", nargs="+", help="folders with model.pte or model.onnx")
     p.add_argument("--gguf", help="also measure this GGUF (or `bundled`) through llama-cpp-python, with the same "
                                   "protocol, side by side (needs pip install llama-cpp-python)")
     p.add_argument("--stock", action="store_true", help="also measure the folder through its runtime's own loop: "

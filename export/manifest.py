@@ -28,7 +28,8 @@ def write_manifest(folder: Path, source: Path, artifact: str, runtime: str, meta
                    activations: str = "none") -> dict:
     """Written last, over the finished folder: `files` lists every other file with its sha256 and size.
     `activations`: how the artifact really computes ("int8_dynamic" when the runtime quantizes activations
-    whatever the recipe says); the parity harness builds the matching reference from it."""
+    per token whatever the recipe says, "int8_block" for ONNX's speed path, metadata "activation_blocks"
+    naming each weight's block); the parity harness builds the matching reference from it."""
     from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
 
     recipe_file = source / "recipe.json" if is_quantized_checkpoint(source) else None

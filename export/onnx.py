@@ -2,8 +2,8 @@
 
 `model.onnx` (+ `model.onnx.data`) has the decoder interface onnxruntime-genai drives:
 inputs `input_ids` [B, S] and `attention_mask` [B, P + S] (int64), `past_key_values.{i}.key|value`
-[B, kv_heads, P, head_dim]; outputs `logits` [B, S, vocab] and `present.{i}.key|value` [B, kv_heads, P + S,
-head_dim]. Caches grow with the sequence; on sliding layers `com.microsoft.GroupQueryAttention`'s
+[B, kv_heads, P, head_dim]; outputs `logits` [B, 1, vocab] (the last position's) and `present.{i}.key|value`
+[B, kv_heads, P + S, head_dim]. Caches grow with the sequence; on sliding layers `com.microsoft.GroupQueryAttention`'s
 `local_window_size` limits what a query sees, so prompts longer than the window prefill in one call.
 
 Per layer: SimplifiedLayerNormalization with weight (1 + w) (the sandwich norms and QK-norm), projections,
@@ -36,6 +36,7 @@ from .manifest import vision_metadata, write_artifact
 
 OPSET = 23
 EXTERNAL_DATA = "model.onnx.data"
+LAST = 2**63 - 1  # a Slice end past any length
 
 
 @dataclass
@@ -47,6 +48,10 @@ class Weights:
     quantized: dict = field(default_factory=dict)
     tokenizer: Tokenizer | None = None
     activations: str = "none"
+    # The speed path: MatMulNBits at accuracy_level 4 (int8 activations per block). Building records each
+    # weight's block there (the tied head under the embedding's name): the manifest's "activation_blocks".
+    int8_activations: bool = False
+    nbits_blocks: dict[str, int] = field(default_factory=dict)
 
 
 def read_weights(source: Path) -> Weights:
@@ -227,7 +232,11 @@ class MaskedAttention:
 
 def build_graph(w: Weights, max_seq_len: int, embeds: bool = False) -> ir.Model:
     """The decoder: `input_ids` in (text models, GroupQueryAttention), or with `embeds` the multimodal
-    decoder, `inputs_embeds` [B, S, hidden + 1] in (the last channel flags image soft tokens)."""
+    decoder, `inputs_embeds` [B, S, hidden + 1] in (the last channel flags image soft tokens).
+
+    The text decoder's logits are the last position's, [B, 1, vocab]: the LM head (the largest matmul of a
+    small Gemma) runs once per call instead of once per prompt token, and onnxruntime-genai reads a static 1
+    there as a model that trims its prefill logits. The multimodal decoder keeps every position's."""
     c = w.config
     b = GraphBuilder(w)
     f32, i64 = ir.DataType.FLOAT, ir.DataType.INT64
@@ -271,13 +280,15 @@ def build_graph(w: Weights, max_seq_len: int, embeds: bool = False) -> ir.Model:
         gate = b.op("Gelu", b.linear(h, p + "mlp.gate_proj.weight"), approximate="tanh")
         m = b.linear(b.op("Mul", gate, b.linear(h, p + "mlp.up_proj.weight")), p + "mlp.down_proj.weight")
         x = b.op("Add", x, b.rms_norm(m, p + "post_feedforward_layernorm.weight"))
+    if not embeds:  # logits of the last position only: what a runner reads, and genai takes a [B, 1, vocab]
+        x = b.op("Slice", x, b.const_i64(-1), b.const_i64(LAST), b.const_i64(1))  # output as the prefill's
     logits = b.lm_head(b.rms_norm(x, "norm.weight"))
     if c.final_logit_softcapping is not None:
         cap = b.const_f32(float(c.final_logit_softcapping))
         logits = b.op("Mul", b.op("Tanh", b.op("Div", logits, cap)), cap)
     logits = b.op("Identity", logits)
     logits.name, logits.type = "logits", ir.TensorType(f32)
-    logits.shape = ir.Shape(["batch_size", "sequence_length", c.vocab_size])
+    logits.shape = ir.Shape(["batch_size", "sequence_length" if embeds else 1, c.vocab_size])
     return b.model([first, mask, *past], [logits, *outputs], "gemma3_decoder")
 
 
@@ -348,11 +359,13 @@ def _write_json(path: Path, d: dict) -> None:
 
 
 def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False,
-                text_only: bool = False) -> Path:
+                text_only: bool = False, int8_activations: bool = False) -> Path:
     """`gemma-edge export onnx`: model.onnx + model.onnx.data + genai_config.json + tokenizer (tokenizer.model,
     and tokenizer.json + tokenizer_config.json with the chat template for genai apps) + manifest.
     A multimodal HF folder also gives vision.onnx and embedding.onnx (genai's `gemma3` layout, the decoder
-    fed embeddings) unless `text_only`."""
+    fed embeddings) unless `text_only`. `int8_activations`: the speed path, every MatMulNBits at
+    accuracy_level 4 (onnxruntime quantizes its input to int8 per block of the weight); the default keeps
+    float activations, the exact path."""
     import onnx
 
     from gemma_edge.model.image_processing import settings_for
@@ -366,9 +379,11 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     if w.activations != "none":
         weight_only = ", ".join(name for name, r in PRESETS.items() if r.activations == "none")
         raise GemmaEdgeError(f"{source}: recipe quantizes activations ({w.activations}); ONNX export takes "
-                             f"weight-only recipes ({weight_only})")
+                             f"weight-only recipes ({weight_only}), with --int8-activations for onnxruntime's own "
+                             "int8 activations")
     if w.tokenizer is None:
         raise GemmaEdgeError(f"{source}: no tokenizer.model; the ONNX folder ships with one")
+    w.int8_activations = int8_activations
     if max_seq_len > w.config.max_position_embeddings:
         raise GemmaEdgeError(f"--max-seq-len {max_seq_len} exceeds the model's context of "
                              f"{w.config.max_position_embeddings}")
@@ -381,6 +396,11 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
         models["embedding.onnx"] = build_embedding_graph(w, vision.config.image_token_id)
         settings = settings_for(source, vision.config.image_size)
         metadata["vision"] = vision_metadata(vision.config, settings)
+    if int8_activations:
+        if not w.nbits_blocks:
+            raise GemmaEdgeError(f"{source}: no weight runs on MatMulNBits (int4, or int8 per block), so "
+                                 "--int8-activations has nothing to speed up; quantize with such a recipe first")
+        metadata["activation_blocks"] = dict(sorted(w.nbits_blocks.items()))
 
     def write(folder: Path) -> None:
         for name, model in models.items():
@@ -393,4 +413,5 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
         write_hf_tokenizer(w.tokenizer, folder, max_seq_len)
 
     return write_artifact(out, source, overwrite, artifact="model.onnx", runtime="onnxruntime",
-                          tokenizer_model=w.tokenizer.serialized, metadata=metadata, write=write)
+                          tokenizer_model=w.tokenizer.serialized, metadata=metadata, write=write,
+                          activations="int8_block" if int8_activations else "none")

@@ -1,7 +1,8 @@
 """What each weight format becomes in the ONNX graph: one table per use (linear, embedding gather, tied head).
 
 int4 grids and symmetric int8 blocks → `MatMulNBits` (the checkpoint's integers offset by 8 / 128, int4 two
-per byte low nibble first, its bf16 scales as float32, float activations); symmetric int8 per channel and
+per byte low nibble first, its bf16 scales as float32; float activations, or on the speed path
+accuracy_level 4: int8 activations per block of the weight); symmetric int8 per channel and
 fp8 → `DequantizeLinear` + MatMul.
 The embedding is a Gather of the same integers (+ dequantize), and a tied LM head reads the very tensors
 the Gather reads, so the table is stored once. A format missing from a table has no ONNX export.
@@ -76,8 +77,10 @@ def matmul_nbits(b: GraphBuilder, x: ir.Value, name: str, q: QTensor) -> ir.Valu
         zp = q.zero_point.to(torch.uint8).repeat_interleave(k // block // q.zero_point.shape[1], dim=1)
         zp = torch.nn.functional.pad(zp, (0, zp.shape[1] % 2))
         inputs.append(b.init(name + ".nbits_zp", zp[:, 0::2] | (zp[:, 1::2] << 4)))
+    if b.w.int8_activations:
+        b.w.nbits_blocks[name] = block
     return b.op("MatMulNBits", *inputs, domain="com.microsoft", K=k, N=n, bits=q.fmt.bits, block_size=block,
-                accuracy_level=0)
+                accuracy_level=4 if b.w.int8_activations else 0)
 
 
 def dequantize_matmul(b: GraphBuilder, x: ir.Value, name: str, q: QTensor) -> ir.Value:

@@ -23,7 +23,8 @@ def vision_weights(w: Weights, encoder: VisionEncoder) -> Weights:
     from gemma_edge.calibration.checkpoint import is_vision
 
     return Weights(w.config, {k: v.detach().float() for k, v in encoder.state_dict().items()},
-                   {k: q for k, q in w.quantized.items() if is_vision(k)})
+                   {k: q for k, q in w.quantized.items() if is_vision(k)},
+                   int8_activations=w.int8_activations, nbits_blocks=w.nbits_blocks)  # one record for all graphs
 
 
 def build_vision_graph(w: Weights, encoder: VisionEncoder) -> ir.Model:

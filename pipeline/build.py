@@ -19,6 +19,7 @@ import torch
 
 from gemma_edge.calibration.recipe import QuantRecipe
 from gemma_edge.model.atomic import atomic_dir, check_output_path
+from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.bundled import resolve_model_path
 from gemma_edge.model.digest import content_digest
 from gemma_edge.runtimes.backends import BACKENDS, backend
@@ -131,7 +132,6 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
 
 def _load_for_calibration(source: Path, seq_len: int):
     from gemma_edge.model import load
-    from gemma_edge.model.errors import GemmaEdgeError
 
     loaded = load(source, max_seq_len=seq_len, progress=False)
     if loaded.tokenizer is None:
@@ -186,17 +186,24 @@ def _sampled_stats(loaded, calibration: Calibration, cache: BuildCache | bool, p
 
 
 def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 2048, text_only: bool = False,
-           cache: BuildCache | bool = True, overwrite: bool = False) -> Path:
-    """A device artifact folder: `kind` "pte" (ExecuTorch) or "onnx" from a float or quantized checkpoint."""
+           cache: BuildCache | bool = True, overwrite: bool = False, int8_activations: bool = False) -> Path:
+    """A device artifact folder: `kind` "pte" (ExecuTorch) or "onnx" from a float or quantized checkpoint.
+    `int8_activations`: ONNX's speed path (`export_onnx`); a .pte runs int8 activations anyway."""
     from gemma_edge.export.manifest import record_source
 
     write = backend(kind).export
     source = resolve_model_path(source)
+    options = {"max_seq_len": max_seq_len, "text_only": text_only}
+    if int8_activations:
+        if kind != "onnx":
+            raise GemmaEdgeError("--int8-activations is an ONNX option (MatMulNBits accuracy_level 4); a .pte "
+                                 "runs its int4 linears on int8 activations already")
+        options["int8_activations"] = True
 
     def make(folder: Path, ow: bool) -> None:
-        write(source, folder, max_seq_len=max_seq_len, overwrite=ow, text_only=text_only)
+        write(source, folder, overwrite=ow, **options)
 
-    return _stage(f"export-{kind}", out, [source], {"max_seq_len": max_seq_len, "text_only": text_only}, make,
+    return _stage(f"export-{kind}", out, [source], options, make,
                   cache, overwrite, relocate=lambda folder: record_source(folder, source), code=STAGE_CODE["export"])
 
 

@@ -61,7 +61,8 @@ class OnnxRunner:
 
     def run_inputs(self, first: dict[str, np.ndarray], length: int) -> torch.Tensor:
         """One decoder call on `length` new positions (`input_ids` or `inputs_embeds` in `first`), caches
-        carried; logits [length, vocab] (sharing ONNX Runtime's output: copy the rows you keep)."""
+        carried; logits [1, vocab] of the last position (a text decoder's), or [length, vocab] (a multimodal
+        one's), sharing ONNX Runtime's output: copy the rows you keep."""
         if self.max_seq_len is not None and self.pos + length > self.max_seq_len:
             raise GemmaEdgeError(f"{self.pos + length} tokens exceed the ONNX export's max_seq_len {self.max_seq_len}")
         feed = {**first, "attention_mask": np.ones((1, self.pos + length), np.int64), **self.past}

@@ -58,6 +58,30 @@ def test_quantized_top1_agreement_with_the_quantized_reference(exports, real_mod
     assert agreement >= 0.99, f"{recipe}: {agreement:.4f} (reference noise floor {noise_floor(reference, tokens, 200)})"
 
 
+def test_the_speed_path_agrees_with_its_int8_reference_to_the_noise_floor(real_quantized, real_model, tmp_path):
+    """`export onnx --int8-activations` (MatMulNBits at accuracy_level 4): teacher-forced top-1 agreement
+    with the reference built as onnxruntime computes (int8 inputs per block of each weight, the blocks the
+    manifest records) reaches that reference's own noise floor, as the .pte's int8 path does; the runtime's
+    KL from it is far below its KL from the float-activation reference."""
+    from gemma_edge.pipeline.build import export
+    from gemma_edge.runtimes.parity import floor_tolerance, logit_metrics, reference_for
+
+    ckpt = real_quantized("int4-block32")
+    folder = export(ckpt, tmp_path / "speed", "onnx", max_seq_len=MAX_SEQ_LEN, int8_activations=True)
+    assert json.loads((folder / "manifest.json").read_text())["activations"] == "int8_block"
+    reference = reference_for(folder, ckpt, max_seq_len=MAX_SEQ_LEN).model
+    passage = _passage(real_model.tokenizer)
+    tokens = [2] + passage[300:600] + passage[:300]
+    expected = reference_logits(reference, tokens, 200)
+    got = runner_logits(OnnxRunner(folder), tokens, 200)
+    floor = noise_floor(reference, tokens, 200, base=expected)
+    agreement = top1_agreement(got, expected)
+    assert agreement >= floor - floor_tolerance(floor, len(tokens) - 200 + 1) and agreement >= 0.95, (agreement, floor)
+    weight_only = reference_logits(load(ckpt, max_seq_len=MAX_SEQ_LEN).model, tokens, 200)
+    kl = lambda ref: logit_metrics(ref, got, tokens[201:])["kl"]  # noqa: E731
+    assert 5 * kl(expected) < kl(weight_only), (kl(expected), kl(weight_only))
+
+
 @pytest.mark.parametrize("recipe", ["float32", "int4-block32"])
 def test_onnxruntime_genai_generates_the_reference_tokens(exports, real_model, recipe):
     source, folder = exports[recipe]

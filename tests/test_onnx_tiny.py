@@ -57,6 +57,9 @@ def test_graph_uses_fused_attention_with_the_window_per_layer(tiny, float_export
     assert {caches[i] for i in range(len(gqa)) if not loaded.config.is_sliding(i)} == {"cos_cache_global"}
     names = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
     assert {"input_ids", "attention_mask", "logits", "past_key_values.0.key", "present.0.value"} <= names
+    # the last position's logits only (genai reads the static 1 as trimmed prefill logits)
+    logits = next(o for o in model.graph.output if o.name == "logits").type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in logits] == ["batch_size", 1, loaded.config.vocab_size]
 
 
 ASYM = QuantRecipe("int4-block32-asym", linear="int4_block32_asym", embedding="int8_channel", lm_head="int4_block32")
@@ -87,6 +90,74 @@ def test_activation_quantizing_recipes_are_refused(tiny):
     assert not (root / "onnx-8da4w").exists()
 
 
+@pytest.mark.parametrize("bits,block,rows", [(4, 32, 1), (4, 32, 7), (4, 128, 3), (8, 32, 5), (4, 64, 40)])
+def test_per_block_int8_inputs_are_what_matmulnbits_computes_at_accuracy_level_4(bits, block, rows):
+    """The speed path's reference numerics against onnxruntime itself: one MatMulNBits node at
+    accuracy_level 4 equals x quantized per block (fake_quantize_per_block_int8) times the dequantized weight
+    to float rounding, and differs from float activations by far more."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gemma_edge.calibration.checkpoint import fake_quantize_per_block_int8
+
+    g = torch.Generator().manual_seed(bits * block + rows)
+    k, n = 256, 96
+    x = torch.randn(rows, k, generator=g) * torch.rand(1, k, generator=g) * 3
+    q = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (n, k), generator=g)
+    scale = torch.rand(n, k // block, generator=g) * 0.02 + 1e-3
+    w = (q.reshape(n, k // block, block) * scale[..., None]).reshape(n, k)
+    u = (q + 2 ** (bits - 1)).to(torch.uint8).reshape(n, k // block, block)
+    packed = u[..., 0::2] | (u[..., 1::2] << 4) if bits == 4 else u
+    node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block, accuracy_level=4)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, n])],
+                              [numpy_helper.from_array(packed.numpy(), "b"),
+                               numpy_helper.from_array(scale.reshape(-1).numpy().astype(np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    got = torch.from_numpy(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.numpy()})[0])
+    simulated = fake_quantize_per_block_int8(x, block).double() @ w.double().T
+    float_inputs = x.double() @ w.double().T
+    err = (got.double() - simulated).abs().max().item()
+    assert err < 1e-4 * float_inputs.abs().max().item()
+    assert (got.double() - float_inputs).abs().max().item() > 100 * err
+
+
+@pytest.mark.parametrize("recipe,head", [("int4-block32", "lm_head.weight"), ("int4-block32-emb4", "embed_tokens.weight")])
+def test_the_speed_path_runs_int8_activations_and_matches_its_own_reference(tiny, recipe, head):
+    """--int8-activations: every MatMulNBits at accuracy_level 4, the blocks in the manifest; the folder's
+    logits follow the int8-block reference (a separate head, or one tied to the table) several times closer
+    than the float-activation one. Not to float rounding everywhere: an input within float error of a .5
+    boundary of its int8 grid rounds either way (tens per forward here), which moves later logits — the
+    chaos parity's noise floor allows for. (A reference with the wrong block, 16 or 64, or per token is as
+    far off as the float one: measured 0.032-0.045 mean against 0.006.)"""
+    from gemma_edge.runtimes.parity.reference import reference_for
+
+    root, _, loaded = tiny
+    ckpt = quantize_model(loaded, PRESETS[recipe], progress=False).save(root / f"q-{recipe}-speed")
+    folder = export_onnx(ckpt, root / f"onnx-{recipe}-int8-act", max_seq_len=64, int8_activations=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(next(a.i for a in n.attribute if a.name == "accuracy_level") == 4 for n in nbits)
+    blocks = manifest["metadata"]["activation_blocks"]
+    assert manifest["activations"] == "int8_block" and len(blocks) == len(nbits) and blocks[head] == 32
+    got = runner_logits(OnnxRunner(folder), TOKENS, 20)
+    int8_ref = reference_logits(reference_for(folder, ckpt).model, TOKENS, 20)
+    float_ref = reference_logits(load(ckpt, max_seq_len=64).model, TOKENS, 20)
+    assert 3 * (got - int8_ref).abs().mean() < (got - float_ref).abs().mean()
+
+
+def test_the_speed_path_needs_matmulnbits_weights(tiny):
+    root, ckpt, loaded = tiny
+    fp8 = quantize_model(loaded, PRESETS["fp8"], progress=False).save(root / "q-fp8-speed")
+    for source in (ckpt, fp8):
+        with pytest.raises(GemmaEdgeError, match="nothing to speed up"):
+            export_onnx(source, root / "speed-refused", max_seq_len=64, int8_activations=True)
+        assert not (root / "speed-refused").exists()
+
+
 def test_onnxruntime_genai_generates_the_reference_tokens(tiny, float_export):
     from gemma_edge.runtimes.genai_runner import GenAIRunner
 
@@ -109,7 +180,7 @@ def test_two_exports_are_byte_identical(tiny, tmp_path):
     assert digests[0] == digests[1]
 
 
-def test_cli_export_onnx_and_bench(tiny, capsys):
+def test_cli_export_onnx_and_bench(tiny, float_export, capsys):
     from gemma_edge.cli.main import main
 
     root, ckpt, _ = tiny
@@ -123,12 +194,14 @@ def test_cli_export_onnx_and_bench(tiny, capsys):
     assert report["decode_tok_s"] > 0 and report["artifact"].endswith("model.onnx")
     sizes = sum((root / "cli" / f).stat().st_size for f in ("model.onnx", "model.onnx.data"))
     assert report["file_mib"] == pytest.approx(sizes / 2**20)
-    assert main(["bench", str(root / "cli"), "--stock", "--prompt-len", "16", "--decode-tokens", "4", "--runs", "1",
-                 "--json"]) == 0  # and through onnxruntime-genai's own loop
+    assert main(["bench", str(root / "cli"), str(float_export), "--stock", "--prompt-len", "16", "--decode-tokens",
+                 "4", "--runs", "1", "--json"]) == 0  # two folders side by side, each through genai's own loop too
     out = capsys.readouterr().out
     assert "through onnxruntime-genai" in out
-    ours, genai = json.loads(out[out.index("["):])
-    assert (ours["mode"], genai["mode"]) == ("runner", "stock")
+    ours, genai, other, other_genai = json.loads(out[out.index("["):])
+    assert [(r["artifact"], r["mode"]) for r in (ours, genai, other, other_genai)] == [
+        (str(root / "cli" / "model.onnx"), "runner"), (str(root / "cli" / "model.onnx"), "stock"),
+        (str(float_export / "model.onnx"), "runner"), (str(float_export / "model.onnx"), "stock")]
     assert genai["decode_tok_s"] > 0 and genai["prefill_tok_s"] > 0 and genai["peak_rss_mib"] >= genai["after_load_rss_mib"]
 
 

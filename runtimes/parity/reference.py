@@ -2,7 +2,7 @@
 
 The reference of an artifact is the model it came from, built the way the artifact really computes
 (`manifest.json` "activations": XNNPACK runs every int4 linear on int8 dynamic activations, whatever the
-recipe). Its *noise floor* is the same reference with its embedding scale nudged by 2^-22 (an ulp-sized
+recipe; an ONNX speed-path folder runs its MatMulNBits on int8 activations per block). Its *noise floor* is the same reference with its embedding scale nudged by 2^-22 (an ulp-sized
 change, the size of the float differences between two correct runtimes). A model with int8 dynamic
 activations is chaotic at that scale — one flipped rounding moves its logits by O(1) — so no runtime can
 agree with it more closely than it agrees with itself.
@@ -31,11 +31,18 @@ def reference_for(artifact_dir: str | Path, source: str | Path, max_seq_len: int
     """The reference an artifact must match: `source` loaded with the artifact's activation numerics."""
     from gemma_edge.calibration.checkpoint import is_quantized_checkpoint, load_quantized
 
-    activations = read_manifest(artifact_dir, complete=False).get("activations", "none")
+    activations, blocks = activation_numerics(artifact_dir)
     source = Path(source)
     if is_quantized_checkpoint(source):
-        return load_quantized(source, max_seq_len=max_seq_len, activations=activations)
+        return load_quantized(source, max_seq_len=max_seq_len, activations=activations, activation_blocks=blocks)
     return load(source, max_seq_len=max_seq_len, progress=False)
+
+
+def activation_numerics(artifact_dir: str | Path) -> tuple[str, dict[str, int] | None]:
+    """How the artifact computes its linears' inputs (manifest "activations") and, for "int8_block", the
+    block of each weight's int8 inputs (manifest metadata "activation_blocks")."""
+    manifest = read_manifest(artifact_dir, complete=False)
+    return manifest.get("activations", "none"), (manifest.get("metadata") or {}).get("activation_blocks")
 
 
 def reference_logits(model: Gemma, tokens: Sequence[int], prefill: int,
@@ -102,11 +109,15 @@ def _float_source(quantized: Path) -> Path:
     return Path(json.loads(source_file.read_text())["path"])
 
 
-def reference_vision_encoder(source: Path, activations: str | None):
-    """The reference vision encoder (a quantized checkpoint's with the artifact's activation numerics)."""
+def reference_vision_encoder(source: Path, activations: str | None, blocks: dict[str, int] | None = None):
+    """The reference vision encoder (a quantized checkpoint's with the artifact's activation numerics:
+    `activation_numerics`)."""
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint
     from gemma_edge.model.loader import has_vision, load_vision
 
     if not has_vision(source):
         raise GemmaEdgeError(f"{source}: the reference has no vision tower, so image prompts cannot be checked; "
                              "pass --source with the multimodal checkpoint the artifact came from")
-    return load_vision(source, activations=activations)
+    if is_quantized_checkpoint(source):
+        return QuantizedCheckpoint.load(source).build_vision(activations=activations, activation_blocks=blocks)
+    return load_vision(source)

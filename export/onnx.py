@@ -37,6 +37,17 @@ from .manifest import vision_metadata, write_artifact
 OPSET = 23
 EXTERNAL_DATA = "model.onnx.data"
 LAST = 2**63 - 1  # a Slice end past any length
+# Positions a sliding layer's cache keeps past its window: onnxruntime-genai's CPU default, which spreads
+# GroupQueryAttention's compaction of the cache over 16 steps.
+WINDOW_SLACK = 16
+
+
+def window_cache(c: GemmaConfig, max_seq_len: int) -> int | None:
+    """The KV capacity of a sliding layer (GroupQueryAttention's windowed cache, `sliding_window_cache=1`:
+    the op keeps the last positions and evicts the rest itself), or None when the context is too short
+    for a window-sized cache to save anything."""
+    capacity = c.sliding_window + WINDOW_SLACK
+    return capacity if max_seq_len > capacity else None
 
 
 @dataclass
@@ -154,13 +165,16 @@ def rope_caches(b: GraphBuilder, max_seq_len: int) -> dict[str, tuple[ir.Value, 
 
 class GqaAttention:
     """Text decoders: com.microsoft.GroupQueryAttention with fused RoPE; always causal, `local_window_size`
-    on sliding layers, its sequence bookkeeping taken from the attention mask as onnxruntime-genai feeds it."""
+    on sliding layers, its sequence bookkeeping taken from the attention mask as onnxruntime-genai feeds it.
+    Sliding layers keep a window-sized cache (`window_cache`) when the context is longer than that: their
+    past and present are `window_cache` positions long whatever the sequence, global layers' grow with it."""
 
     def __init__(self, b: GraphBuilder, mask: ir.Value, max_seq_len: int):
         self.b, self.caches = b, rope_caches(b, max_seq_len)
         # A window longer than the context never masks anything; onnxruntime-genai refuses a KV capacity
         # below local_window_size, so a short export says its context instead (the same attention).
         self.window = min(b.c.sliding_window, max_seq_len)
+        self.windowed = window_cache(b.c, max_seq_len) is not None
         one = b.init("i64_1", np.array(1, dtype=np.int64))
         self.total = b.op("Cast", b.op("Gather", b.op("Shape", mask), one), to=ir.DataType.INT32)
         self.seqlens_k = b.op("Cast", b.op("Sub", b.op("ReduceSum", mask, b.const_i64(1), keepdims=0), one),
@@ -173,7 +187,8 @@ class GqaAttention:
         return b.tape.op_multi_out(
             "GroupQueryAttention", [q, k, v, past_k, past_v, self.seqlens_k, self.total, cos, sin],
             dict(num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, scale=c.query_pre_attn_scalar ** -0.5,
-                 local_window_size=self.window if sliding else -1, do_rotary=1, rotary_interleaved=0),
+                 local_window_size=self.window if sliding else -1, do_rotary=1, rotary_interleaved=0,
+                 **({"sliding_window_cache": 1} if sliding and self.windowed else {})),
             num_outputs=3, domain="com.microsoft")
 
 
@@ -298,7 +313,8 @@ def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=
     feature buffers by `decoder.hidden_size`, which is hidden + 1 there: the image flag channel.
     Text-only folders share the past/present KV buffer (GroupQueryAttention appends in place; no copy of the
     cache per step); genai's multimodal pipeline fails with it on our decoder (an Expand in the image mask
-    reads the past's shape), so multimodal folders keep separate buffers."""
+    reads the past's shape), so multimodal folders keep separate buffers. `sliding_window.layers` tells genai
+    which layers' caches are window-sized (`window_cache`)."""
     io = {"attention_mask": "attention_mask", "past_key_names": "past_key_values.%d.key",
           "past_value_names": "past_key_values.%d.value"}
     session = {"log_id": "onnxruntime-genai", "provider_options": []}
@@ -322,6 +338,10 @@ def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=
         "type": "gemma3_text",
         "vocab_size": c.vocab_size,
     }
+    if vision is None and window_cache(c, max_seq_len) is not None:  # sliding layers' caches: window-sized
+        model["decoder"]["sliding_window"] = {
+            "window_size": c.sliding_window, "cache_slack": WINDOW_SLACK, "slide_key_value_cache": False,
+            "slide_inputs": False, "layers": [i for i in range(c.num_layers) if c.is_sliding(i)]}
     if vision is not None:
         model["type"], model["image_token_id"] = "gemma3", vision.image_token_id
         model["decoder"]["hidden_size"] = c.hidden_size + 1

@@ -3,6 +3,7 @@ the multimodal folder's three sessions (vision, embedding, decoder)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +30,18 @@ def session(path: Path, threads: int | None):
         raise GemmaEdgeError(f"{path}: ONNX Runtime cannot load it ({first}); export it again") from None
 
 
+def window_caches(folder: Path) -> dict[int, int]:
+    """{layer: KV capacity} of the layers whose cache is window-sized, from genai_config.json's
+    `sliding_window` (what onnxruntime-genai reads too); empty for a folder without."""
+    try:
+        window = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"].get("sliding_window")
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+    if not window:
+        return {}
+    return {int(i): int(window["window_size"]) + int(window.get("cache_slack", 0)) for i in window.get("layers", [])}
+
+
 def _max_seq_len(folder: Path) -> int | None:
     from gemma_edge.export.manifest import read_manifest
 
@@ -52,10 +65,13 @@ class OnnxRunner:
         # present.{i}.key of one call is past_key_values.{i}.key of the next
         self.carry = [o.name.replace("present.", "past_key_values.") for o in self.session.get_outputs()[1:]]
         self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
+        windows = window_caches(Path(folder))
+        # a window-sized cache is its full capacity from the start (rows past what the op keeps are unused)
+        self.capacity = {n: windows.get(int(n.split(".")[1]), 0) for n in self.past_names}
         self.reset()
 
     def reset(self) -> None:
-        self.past = {n: np.zeros((1, self.kv_shape[n][1], 0, self.kv_shape[n][3]), np.float32)
+        self.past = {n: np.zeros((1, self.kv_shape[n][1], self.capacity[n], self.kv_shape[n][3]), np.float32)
                      for n in self.past_names}
         self.pos = 0
 

@@ -52,6 +52,12 @@ def test_graph_uses_fused_attention_with_the_window_per_layer(tiny, float_export
     assert [n.domain for n in gqa] == ["com.microsoft"] * loaded.config.num_layers
     windows = [next(a.i for a in n.attribute if a.name == "local_window_size") for n in gqa]
     assert windows == [W if loaded.config.is_sliding(i) else -1 for i in range(loaded.config.num_layers)]
+    # sliding layers keep a window-sized cache (window + 16 slack < the 64-position context), and genai knows which
+    windowed = [next((a.i for a in n.attribute if a.name == "sliding_window_cache"), 0) for n in gqa]
+    assert windowed == [int(loaded.config.is_sliding(i)) for i in range(loaded.config.num_layers)]
+    window = json.loads((float_export / "genai_config.json").read_text())["model"]["decoder"]["sliding_window"]
+    assert window["layers"] == [i for i in range(loaded.config.num_layers) if loaded.config.is_sliding(i)]
+    assert window["window_size"] + window["cache_slack"] == W + 16
     caches = [n.input[7] for n in gqa]  # cos_cache: per layer type, as the RoPE bases differ
     assert {caches[i] for i in range(len(gqa)) if loaded.config.is_sliding(i)} == {"cos_cache_local"}
     assert {caches[i] for i in range(len(gqa)) if not loaded.config.is_sliding(i)} == {"cos_cache_global"}

@@ -74,19 +74,23 @@ def environment() -> dict:
 # Files this large are restored as hard links; smaller ones (metadata a stage rewrites after restoring, such
 # as source.json and manifest.json) are copied.
 LINK_BYTES = 1 << 20
+# Never linked: ONNX external data, which `onnx.load` refuses to read from a file with more than one link
+# (its guard against hard-link attacks).
+COPIED_SUFFIXES = (".data",)
 
 
 def restore(output: Path, dest: Path) -> None:
     """Put an entry's files under `dest`: large ones as hard links to the entry (the disk holds them once; an
     in-place edit of one changes the entry too, and the next hit's re-hash then deletes and rebuilds the
-    entry), small ones as copies; copies throughout where a link is refused (another filesystem)."""
+    entry), small ones and `COPIED_SUFFIXES` as copies; copies throughout where a link is refused (another
+    filesystem)."""
     for src in sorted(output.rglob("*")):
         target = dest / src.relative_to(output)
         if src.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        if src.stat().st_size >= LINK_BYTES:
+        if src.stat().st_size >= LINK_BYTES and src.suffix not in COPIED_SUFFIXES:
             try:
                 os.link(src, target)
                 continue

@@ -140,25 +140,29 @@ def test_a_flipped_byte_in_a_stored_output_is_detected_and_rebuilt(store, tiny, 
 
 def test_a_restored_output_shares_large_files_with_the_entry_and_an_edit_to_one_is_caught(store, tiny, tmp_path,
                                                                                           monkeypatch):
-    """Large files are hard links (the disk holds a build once), metadata is copied; writing into a restored
-    file in place reaches the entry, whose next hit re-hashes, deletes it and builds again."""
+    """Large files are hard links (the disk holds a build once), metadata is copied, and so is ONNX external
+    data (onnx.load refuses a data file with two links); writing into a restored file in place reaches the
+    entry, whose next hit re-hashes, deletes it and builds again."""
+    import onnx
+
     from gemma_edge.pipeline import cache
 
     monkeypatch.setattr(cache, "LINK_BYTES", 4096)
     first = pipeline.export(tiny, tmp_path / "a", "onnx", max_seq_len=32, cache=store)
     entry = next(store.root.glob("??/*/output"))
-    weights, manifest = first / "model.onnx.data", first / "manifest.json"
-    assert weights.stat().st_size >= 4096 > manifest.stat().st_size
-    assert weights.stat().st_ino == (entry / weights.name).stat().st_ino and weights.stat().st_nlink == 2
-    assert manifest.stat().st_ino != (entry / manifest.name).stat().st_ino
-    built = weights.read_bytes()
-    with open(weights, "r+b") as f:  # an in-place edit of the user's output
+    linked, manifest, data = first / "tokenizer.json", first / "manifest.json", first / "model.onnx.data"
+    assert linked.stat().st_size >= 4096 > manifest.stat().st_size and data.stat().st_size >= 4096
+    assert linked.stat().st_ino == (entry / linked.name).stat().st_ino and linked.stat().st_nlink == 2
+    assert manifest.stat().st_ino != (entry / manifest.name).stat().st_ino and data.stat().st_nlink == 1
+    onnx.load(str(first / "model.onnx"))  # with its external data
+    built = linked.read_bytes()
+    with open(linked, "r+b") as f:  # an in-place edit of the user's output
         f.seek(len(built) // 2)
         f.write(bytes([built[len(built) // 2] ^ 0xFF]))
     again = pipeline.export(tiny, tmp_path / "b", "onnx", max_seq_len=32, cache=store)
     assert store.built == ["export-onnx"] * 2
-    assert (again / "model.onnx.data").read_bytes() == built
-    assert weights.read_bytes() != built  # the user's edit stays theirs
+    assert (again / linked.name).read_bytes() == built
+    assert linked.read_bytes() != built  # the user's edit stays theirs
 
 
 def test_a_partial_or_truncated_entry_is_rebuilt(store, tiny, tmp_path):

@@ -16,7 +16,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from gemma_edge.runtimes import artifact_files
 
     out = export(args.model, args.out, args.format, max_seq_len=args.max_seq_len, text_only=args.text_only,
-                 cache=not args.no_cache, overwrite=args.overwrite, int8_activations=args.int8_activations)
+                 cache=not args.no_cache, overwrite=args.overwrite, int8_activations=args.int8_activations,
+                 windowed_kv=args.windowed_kv)
     manifest = read_manifest(out)
     files = [p.name for p in artifact_files(out)]
     size = sum(manifest["files"][n]["bytes"] for n in files) / 2**20
@@ -71,6 +72,11 @@ def register(sub) -> None:
                         "quantizes each input to int8 per block of the weight (as the .pte's XNNPACK does per "
                         "token). Parity judges it against a reference that does the same; without it the "
                         "folder keeps float activations and matches its reference exactly")
+    p.add_argument("--windowed-kv", action="store_true",
+                   help="onnx only: sliding layers keep a KV cache of the window + 16 positions instead of the "
+                        "whole context (GroupQueryAttention sliding_window_cache; 64 instead of 288 MiB at 8K "
+                        "for the 270M). A genai app must then set max_length to at least the window (512 for 270M/1B), "
+                        "or GroupQueryAttention refuses the cache")
 
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of artifacts",
                     "Measure exported folders in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "

@@ -42,12 +42,10 @@ LAST = 2**63 - 1  # a Slice end past any length
 WINDOW_SLACK = 16
 
 
-def window_cache(c: GemmaConfig, max_seq_len: int) -> int | None:
-    """The KV capacity of a sliding layer (GroupQueryAttention's windowed cache, `sliding_window_cache=1`:
-    the op keeps the last positions and evicts the rest itself), or None when the context is too short
-    for a window-sized cache to save anything."""
-    capacity = c.sliding_window + WINDOW_SLACK
-    return capacity if max_seq_len > capacity else None
+def window_cache(c: GemmaConfig) -> int:
+    """The KV capacity of a sliding layer with `--windowed-kv` (GroupQueryAttention's windowed cache,
+    `sliding_window_cache=1`: the op keeps the last positions and evicts the rest itself)."""
+    return c.sliding_window + WINDOW_SLACK
 
 
 @dataclass
@@ -166,15 +164,15 @@ def rope_caches(b: GraphBuilder, max_seq_len: int) -> dict[str, tuple[ir.Value, 
 class GqaAttention:
     """Text decoders: com.microsoft.GroupQueryAttention with fused RoPE; always causal, `local_window_size`
     on sliding layers, its sequence bookkeeping taken from the attention mask as onnxruntime-genai feeds it.
-    Sliding layers keep a window-sized cache (`window_cache`) when the context is longer than that: their
-    past and present are `window_cache` positions long whatever the sequence, global layers' grow with it."""
+    With `windowed`, sliding layers keep a window-sized cache (`window_cache`): their past and present are
+    that many positions long whatever the sequence; global layers' grow with it."""
 
-    def __init__(self, b: GraphBuilder, mask: ir.Value, max_seq_len: int):
+    def __init__(self, b: GraphBuilder, mask: ir.Value, max_seq_len: int, windowed: bool = False):
         self.b, self.caches = b, rope_caches(b, max_seq_len)
         # A window longer than the context never masks anything; onnxruntime-genai refuses a KV capacity
         # below local_window_size, so a short export says its context instead (the same attention).
         self.window = min(b.c.sliding_window, max_seq_len)
-        self.windowed = window_cache(b.c, max_seq_len) is not None
+        self.windowed = windowed
         one = b.init("i64_1", np.array(1, dtype=np.int64))
         self.total = b.op("Cast", b.op("Gather", b.op("Shape", mask), one), to=ir.DataType.INT32)
         self.seqlens_k = b.op("Cast", b.op("Sub", b.op("ReduceSum", mask, b.const_i64(1), keepdims=0), one),
@@ -245,7 +243,7 @@ class MaskedAttention:
                  is_causal=0), num_outputs=3)
 
 
-def build_graph(w: Weights, max_seq_len: int, embeds: bool = False) -> ir.Model:
+def build_graph(w: Weights, max_seq_len: int, embeds: bool = False, windowed_kv: bool = False) -> ir.Model:
     """The decoder: `input_ids` in (text models, GroupQueryAttention), or with `embeds` the multimodal
     decoder, `inputs_embeds` [B, S, hidden + 1] in (the last channel flags image soft tokens).
 
@@ -272,7 +270,7 @@ def build_graph(w: Weights, max_seq_len: int, embeds: bool = False) -> ir.Model:
     else:
         first = ir.Value(name="input_ids", type=ir.TensorType(i64), shape=ir.Shape(["batch_size", "sequence_length"]))
         x = b.op("Mul", b.embedding(first), b.const_f32(float(np.float32(math.sqrt(c.hidden_size)))))
-        attend = GqaAttention(b, mask, max_seq_len)
+        attend = GqaAttention(b, mask, max_seq_len, windowed_kv)
     outputs = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
@@ -307,7 +305,8 @@ def build_graph(w: Weights, max_seq_len: int, embeds: bool = False) -> ir.Model:
     return b.model([first, mask, *past], [logits, *outputs], "gemma3_decoder")
 
 
-def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=None) -> dict:
+def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=None,
+                 windowed_kv: bool = False) -> dict:
     """The description onnxruntime-genai reads (greedy search by default). With `vision` (a VisionConfig),
     its `gemma3` pipeline: vision.onnx -> embedding.onnx -> the decoder fed embeddings. genai sizes both
     feature buffers by `decoder.hidden_size`, which is hidden + 1 there: the image flag channel.
@@ -338,7 +337,7 @@ def genai_config(c: GemmaConfig, tokenizer: Tokenizer, max_seq_len: int, vision=
         "type": "gemma3_text",
         "vocab_size": c.vocab_size,
     }
-    if vision is None and window_cache(c, max_seq_len) is not None:  # sliding layers' caches: window-sized
+    if windowed_kv:  # sliding layers' caches: window-sized
         model["decoder"]["sliding_window"] = {
             "window_size": c.sliding_window, "cache_slack": WINDOW_SLACK, "slide_key_value_cache": False,
             "slide_inputs": False, "layers": [i for i in range(c.num_layers) if c.is_sliding(i)]}
@@ -379,13 +378,15 @@ def _write_json(path: Path, d: dict) -> None:
 
 
 def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False,
-                text_only: bool = False, int8_activations: bool = False) -> Path:
+                text_only: bool = False, int8_activations: bool = False, windowed_kv: bool = False) -> Path:
     """`gemma-edge export onnx`: model.onnx + model.onnx.data + genai_config.json + tokenizer (tokenizer.model,
     and tokenizer.json + tokenizer_config.json with the chat template for genai apps) + manifest.
     A multimodal HF folder also gives vision.onnx and embedding.onnx (genai's `gemma3` layout, the decoder
     fed embeddings) unless `text_only`. `int8_activations`: the speed path, every MatMulNBits at
     accuracy_level 4 (onnxruntime quantizes its input to int8 per block of the weight); the default keeps
-    float activations, the exact path."""
+    float activations, the exact path. `windowed_kv`: sliding layers keep window + 16 positions of KV
+    instead of the whole context (`GqaAttention`); a genai app must then ask for a `max_length` of at least
+    the window, or GroupQueryAttention refuses the cache."""
     import onnx
 
     from gemma_edge.model.image_processing import settings_for
@@ -408,7 +409,11 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
         raise GemmaEdgeError(f"--max-seq-len {max_seq_len} exceeds the model's context of "
                              f"{w.config.max_position_embeddings}")
     vision = load_vision(source) if not text_only and has_vision(source) else None
-    models = {"model.onnx": build_graph(w, max_seq_len, embeds=vision is not None)}
+    if windowed_kv and (vision is not None or max_seq_len <= window_cache(w.config)):
+        raise GemmaEdgeError(f"--windowed-kv needs a text-only export with --max-seq-len above "
+                             f"{window_cache(w.config)} (the sliding window + {WINDOW_SLACK}); "
+                             "below that every cache is as short already")
+    models = {"model.onnx": build_graph(w, max_seq_len, embeds=vision is not None, windowed_kv=windowed_kv)}
     metadata = {"max_seq_len": max_seq_len, "external_data": EXTERNAL_DATA,
                 "eos_ids": list(w.tokenizer.stop_ids), "bos_id": w.tokenizer.bos_id}
     if vision is not None:
@@ -427,7 +432,7 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
             ir.save(model, folder / name, external_data=name + ".data")
             onnx.checker.check_model(str(folder / name), full_check=False)
         _write_json(folder / "genai_config.json",
-                    genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None))
+                    genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None, windowed_kv))
         if vision is not None:
             _write_json(folder / "processor_config.json", processor_config(settings))
         write_hf_tokenizer(w.tokenizer, folder, max_seq_len)

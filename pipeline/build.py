@@ -186,19 +186,22 @@ def _sampled_stats(loaded, calibration: Calibration, cache: BuildCache | bool, p
 
 
 def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 2048, text_only: bool = False,
-           cache: BuildCache | bool = True, overwrite: bool = False, int8_activations: bool = False) -> Path:
+           cache: BuildCache | bool = True, overwrite: bool = False, int8_activations: bool = False,
+           windowed_kv: bool = False) -> Path:
     """A device artifact folder: `kind` "pte" (ExecuTorch) or "onnx" from a float or quantized checkpoint.
-    `int8_activations`: ONNX's speed path (`export_onnx`); a .pte runs int8 activations anyway."""
+    `int8_activations`, `windowed_kv`: ONNX options (`export_onnx`); a .pte runs int8 activations and keeps
+    ring caches for sliding layers anyway."""
     from gemma_edge.export.manifest import record_source
 
     write = backend(kind).export
     source = resolve_model_path(source)
     options = {"max_seq_len": max_seq_len, "text_only": text_only}
-    if int8_activations:
-        if kind != "onnx":
-            raise GemmaEdgeError("--int8-activations is an ONNX option (MatMulNBits accuracy_level 4); a .pte "
-                                 "runs its int4 linears on int8 activations already")
-        options["int8_activations"] = True
+    for name, value, why in (("int8_activations", int8_activations, "runs its int4 linears on int8 activations"),
+                             ("windowed_kv", windowed_kv, "keeps ring caches of the window for sliding layers")):
+        if value:
+            if kind != "onnx":
+                raise GemmaEdgeError(f"--{name.replace('_', '-')} is an ONNX option; a .pte {why} already")
+            options[name] = True
 
     def make(folder: Path, ow: bool) -> None:
         write(source, folder, overwrite=ow, **options)

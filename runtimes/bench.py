@@ -130,6 +130,8 @@ def measure_genai(artifact_dir: Path, prompt_len: int, decode_tokens: int, threa
     steps; genai keeps the KV cache as the folder's genai_config says (shared past/present buffer or not)."""
     import onnxruntime_genai as og
 
+    from .genai_runner import genai_max_length
+
     baseline = _rss_mib()
     config = og.Config(str(artifact_dir))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
@@ -138,7 +140,7 @@ def measure_genai(artifact_dir: Path, prompt_len: int, decode_tokens: int, threa
     prompt = _prompt_ids(json.loads((Path(artifact_dir) / "genai_config.json").read_text())["model"]["vocab_size"],
                          prompt_len)
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=prompt_len + decode_tokens + 1)
+    params.set_search_options(do_sample=False, max_length=genai_max_length(artifact_dir, prompt_len + decode_tokens + 1))
     generator = og.Generator(model, params)
     t0 = time.perf_counter()
     generator.append_tokens(prompt)

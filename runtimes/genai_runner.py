@@ -8,13 +8,21 @@ from typing import Sequence
 from gemma_edge.model import GemmaEdgeError
 
 
+def genai_max_length(folder: str | Path, needed: int) -> int:
+    """The `max_length` to give genai for `needed` positions: at least the capacity of any window-sized
+    cache (`--windowed-kv`), which GroupQueryAttention needs whole (generation is then capped by count)."""
+    from .onnx_runner import window_caches
+
+    return max([needed, *window_caches(Path(folder)).values()])
+
+
 class GenAIRunner:
     """`og.Model` + `og.Generator`, greedy; token ids in and out, stopping at the config's eos ids."""
 
     def __init__(self, folder: str | Path):
         import onnxruntime_genai as og
 
-        self.og = og
+        self.og, self.folder = og, Path(folder)
         try:
             self.model = og.Model(str(folder))
         except Exception as e:  # genai raises its own error types
@@ -27,7 +35,8 @@ class GenAIRunner:
         import numpy as np
 
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=len(prompt) + max_new_tokens)
+        params.set_search_options(do_sample=False,
+                                  max_length=genai_max_length(self.folder, len(prompt) + max_new_tokens))
         generator = self.og.Generator(self.model, params)
         if pixels is None:
             generator.append_tokens(list(prompt))

@@ -12,6 +12,7 @@ from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
 from gemma_edge.export.onnx import export_onnx
 from gemma_edge.model import GemmaEdgeError, ReferenceRunner, generate, load
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
+from gemma_edge.runtimes.genai_runner import GenAIRunner
 from gemma_edge.runtimes.onnx_runner import OnnxRunner
 from gemma_edge.runtimes.parity import reference_logits, runner_logits
 
@@ -52,12 +53,7 @@ def test_graph_uses_fused_attention_with_the_window_per_layer(tiny, float_export
     assert [n.domain for n in gqa] == ["com.microsoft"] * loaded.config.num_layers
     windows = [next(a.i for a in n.attribute if a.name == "local_window_size") for n in gqa]
     assert windows == [W if loaded.config.is_sliding(i) else -1 for i in range(loaded.config.num_layers)]
-    # sliding layers keep a window-sized cache (window + 16 slack < the 64-position context), and genai knows which
-    windowed = [next((a.i for a in n.attribute if a.name == "sliding_window_cache"), 0) for n in gqa]
-    assert windowed == [int(loaded.config.is_sliding(i)) for i in range(loaded.config.num_layers)]
-    window = json.loads((float_export / "genai_config.json").read_text())["model"]["decoder"]["sliding_window"]
-    assert window["layers"] == [i for i in range(loaded.config.num_layers) if loaded.config.is_sliding(i)]
-    assert window["window_size"] + window["cache_slack"] == W + 16
+    assert not any(a.name == "sliding_window_cache" for n in gqa for a in n.attribute)  # full caches by default
     caches = [n.input[7] for n in gqa]  # cos_cache: per layer type, as the RoPE bases differ
     assert {caches[i] for i in range(len(gqa)) if loaded.config.is_sliding(i)} == {"cos_cache_local"}
     assert {caches[i] for i in range(len(gqa)) if not loaded.config.is_sliding(i)} == {"cos_cache_global"}
@@ -66,6 +62,57 @@ def test_graph_uses_fused_attention_with_the_window_per_layer(tiny, float_export
     # the last position's logits only (genai reads the static 1 as trimmed prefill logits)
     logits = next(o for o in model.graph.output if o.name == "logits").type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in logits] == ["batch_size", 1, loaded.config.vocab_size]
+
+
+@pytest.fixture(scope="module")
+def windowed_export(tiny):
+    root, ckpt, _ = tiny
+    return export_onnx(ckpt, root / "windowed", max_seq_len=64, windowed_kv=True)
+
+
+def test_windowed_kv_keeps_window_plus_16_positions_and_the_same_logits(tiny, float_export, windowed_export):
+    """--windowed-kv: sliding layers' GroupQueryAttention keeps a cache of window + 16 positions (here 24 of a
+    64-position context) and evicts the rest itself; genai_config names those layers. Logits stay the
+    reference's with prompts of 20 and 40 tokens in one call, and after decode steps past the window."""
+    _, _, loaded = tiny
+    c = loaded.config
+    model = onnx.load(str(windowed_export / "model.onnx"), load_external_data=False)
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    windowed = [next((a.i for a in n.attribute if a.name == "sliding_window_cache"), 0) for n in gqa]
+    assert windowed == [int(c.is_sliding(i)) for i in range(c.num_layers)]
+    window = json.loads((windowed_export / "genai_config.json").read_text())["model"]["decoder"]["sliding_window"]
+    assert window["layers"] == [i for i in range(c.num_layers) if c.is_sliding(i)]
+    assert window["window_size"] + window["cache_slack"] == W + 16
+    runner = OnnxRunner(windowed_export)
+    for prefill in (20, 40):
+        got = runner_logits(runner, TOKENS, prefill)
+        torch.testing.assert_close(got, reference_logits(loaded.model, TOKENS, prefill), atol=1e-4, rtol=0)
+        shapes = {n: v.shape[2] for n, v in runner.past.items()}
+        assert all(shapes[f"past_key_values.{i}.key"] == (W + 16 if c.is_sliding(i) else len(TOKENS))
+                   for i in range(c.num_layers))
+
+
+def test_genai_runs_a_windowed_folder_when_max_length_covers_the_cache(tiny, windowed_export):
+    """genai allocates the sliding layers at min(window + 16, max_length) and the global ones at max_length;
+    a max_length below the window is refused by GroupQueryAttention, so GenAIRunner asks for window + 16."""
+    import onnxruntime_genai as og
+
+    _, _, loaded = tiny
+    prompt = [2] + TOKENS[:12]
+    expected = generate(ReferenceRunner(loaded.model), prompt, 30, stop_ids=loaded.tokenizer.stop_ids)
+    assert GenAIRunner(windowed_export).generate(prompt, 30) == expected  # 43 positions: past the 24-slot cache
+    model = og.Model(str(windowed_export))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=W - 2)
+    generator = og.Generator(model, params)
+    with pytest.raises(Exception, match="capacity"):
+        generator.append_tokens(prompt[:W - 3])
+
+
+def test_windowed_kv_is_refused_where_it_cannot_save_anything(tiny):
+    root, ckpt, _ = tiny
+    with pytest.raises(GemmaEdgeError, match="--max-seq-len above 24"):
+        export_onnx(ckpt, root / "short-windowed", max_seq_len=24, windowed_kv=True)
 
 
 ASYM = QuantRecipe("int4-block32-asym", linear="int4_block32_asym", embedding="int8_channel", lm_head="int4_block32")
@@ -165,8 +212,6 @@ def test_the_speed_path_needs_matmulnbits_weights(tiny):
 
 
 def test_onnxruntime_genai_generates_the_reference_tokens(tiny, float_export):
-    from gemma_edge.runtimes.genai_runner import GenAIRunner
-
     _, _, loaded = tiny
     config = json.loads((float_export / "genai_config.json").read_text())
     assert config["model"]["eos_token_id"] == list(loaded.tokenizer.stop_ids)

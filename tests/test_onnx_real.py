@@ -61,8 +61,10 @@ def test_quantized_top1_agreement_with_the_quantized_reference(exports, real_mod
 def test_the_speed_path_agrees_with_its_int8_reference_to_the_noise_floor(real_quantized, real_model, tmp_path):
     """`export onnx --int8-activations` (MatMulNBits at accuracy_level 4): teacher-forced top-1 agreement
     with the reference built as onnxruntime computes (int8 inputs per block of each weight, the blocks the
-    manifest records) reaches that reference's own noise floor, as the .pte's int8 path does; the runtime's
-    KL from it is far below its KL from the float-activation reference."""
+    manifest records) reaches that reference's own noise floor, as the .pte's int8 path does, at a KL far
+    inside the gate. (On the real model int8 inputs per block of 32 move the logits no more than that chaos
+    does: measured KL 4.0e-4 from this reference, 2.9e-4 from the float-activation one; the tiny model's test
+    shows the reference's numerics matter.)"""
     from gemma_edge.pipeline.build import export
     from gemma_edge.runtimes.parity import floor_tolerance, logit_metrics, reference_for
 
@@ -77,9 +79,7 @@ def test_the_speed_path_agrees_with_its_int8_reference_to_the_noise_floor(real_q
     floor = noise_floor(reference, tokens, 200, base=expected)
     agreement = top1_agreement(got, expected)
     assert agreement >= floor - floor_tolerance(floor, len(tokens) - 200 + 1) and agreement >= 0.95, (agreement, floor)
-    weight_only = reference_logits(load(ckpt, max_seq_len=MAX_SEQ_LEN).model, tokens, 200)
-    kl = lambda ref: logit_metrics(ref, got, tokens[200:])["kl"]  # noqa: E731
-    assert 5 * kl(expected) < kl(weight_only), (kl(expected), kl(weight_only))
+    assert logit_metrics(expected, got, tokens[200:])["kl"] < 0.01
 
 
 @pytest.mark.parametrize("recipe", ["float32", "int4-block32"])

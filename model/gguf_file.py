@@ -79,6 +79,12 @@ def read_gguf_config(path: str | Path) -> GemmaConfig:
     return _config(_open_gemma3(path), path)
 
 
+def read_gguf_tokenizer(path: str | Path) -> bytes:
+    """The rebuilt `tokenizer.model` alone (no weights are dequantized)."""
+    path = Path(path)
+    return _tokenizer_model(_open_gemma3(path), path)
+
+
 def read_gguf(path: str | Path, progress: bool = True) -> tuple[GemmaConfig, dict[str, torch.Tensor], bytes]:
     """Config, float32 state dict (our names) and a rebuilt `tokenizer.model` from a Gemma 3 GGUF."""
     import gguf

@@ -75,8 +75,8 @@ def register(sub) -> None:
     p.add_argument("--windowed-kv", action="store_true",
                    help="onnx only: sliding layers keep a KV cache of the window + 16 positions instead of the "
                         "whole context (GroupQueryAttention sliding_window_cache; 64 instead of 288 MiB at 8K "
-                        "for the 270M). A genai app must then set max_length to at least the window (512 for 270M/1B), "
-                        "or GroupQueryAttention refuses the cache")
+                        "for the 270M). A genai app must then set max_length to at least the window (512 for "
+                        "270M/1B), or GroupQueryAttention refuses the cache")
 
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of artifacts",
                     "Measure exported folders in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "

@@ -3,8 +3,9 @@
 `model.onnx` (+ `model.onnx.data`) has the decoder interface onnxruntime-genai drives:
 inputs `input_ids` [B, S] and `attention_mask` [B, P + S] (int64), `past_key_values.{i}.key|value`
 [B, kv_heads, P, head_dim]; outputs `logits` [B, 1, vocab] (the last position's) and `present.{i}.key|value`
-[B, kv_heads, P + S, head_dim]. Caches grow with the sequence; on sliding layers `com.microsoft.GroupQueryAttention`'s
-`local_window_size` limits what a query sees, so prompts longer than the window prefill in one call.
+[B, kv_heads, P + S, head_dim]. Caches grow with the sequence (sliding layers' stay window-sized with
+`--windowed-kv`); on sliding layers `com.microsoft.GroupQueryAttention`'s `local_window_size` limits what a
+query sees, so prompts longer than the window prefill in one call.
 
 Per layer: SimplifiedLayerNormalization with weight (1 + w) (the sandwich norms and QK-norm), projections,
 GroupQueryAttention with fused RoPE (cos/sin caches per layer type, computed by the reference's own
@@ -294,7 +295,7 @@ def build_graph(w: Weights, max_seq_len: int, embeds: bool = False, windowed_kv:
         m = b.linear(b.op("Mul", gate, b.linear(h, p + "mlp.up_proj.weight")), p + "mlp.down_proj.weight")
         x = b.op("Add", x, b.rms_norm(m, p + "post_feedforward_layernorm.weight"))
     if not embeds:  # logits of the last position only: what a runner reads, and genai takes a [B, 1, vocab]
-        x = b.op("Slice", x, b.const_i64(-1), b.const_i64(LAST), b.const_i64(1))  # output as the prefill's
+        x = b.op("Slice", x, b.const_i64(-1), b.const_i64(LAST), b.const_i64(1))
     logits = b.lm_head(b.rms_norm(x, "norm.weight"))
     if c.final_logit_softcapping is not None:
         cap = b.const_f32(float(c.final_logit_softcapping))
@@ -432,7 +433,8 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
             ir.save(model, folder / name, external_data=name + ".data")
             onnx.checker.check_model(str(folder / name), full_check=False)
         _write_json(folder / "genai_config.json",
-                    genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None, windowed_kv))
+                    genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None,
+                                 windowed_kv))
         if vision is not None:
             _write_json(folder / "processor_config.json", processor_config(settings))
         write_hf_tokenizer(w.tokenizer, folder, max_seq_len)

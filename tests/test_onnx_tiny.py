@@ -168,7 +168,8 @@ def test_per_block_int8_inputs_are_what_matmulnbits_computes_at_accuracy_level_4
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, n])],
                               [numpy_helper.from_array(packed.numpy(), "b"),
                                numpy_helper.from_array(scale.reshape(-1).numpy().astype(np.float32), "s")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     got = torch.from_numpy(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.numpy()})[0])
     simulated = fake_quantize_per_block_int8(x, block).double() @ w.double().T
     float_inputs = x.double() @ w.double().T
@@ -177,7 +178,8 @@ def test_per_block_int8_inputs_are_what_matmulnbits_computes_at_accuracy_level_4
     assert (got.double() - float_inputs).abs().max().item() > 100 * err
 
 
-@pytest.mark.parametrize("recipe,head", [("int4-block32", "lm_head.weight"), ("int4-block32-emb4", "embed_tokens.weight")])
+@pytest.mark.parametrize("recipe,head", [("int4-block32", "lm_head.weight"),
+                                         ("int4-block32-emb4", "embed_tokens.weight")])
 def test_the_speed_path_runs_int8_activations_and_matches_its_own_reference(tiny, recipe, head):
     """--int8-activations: every MatMulNBits at accuracy_level 4, the blocks in the manifest; the folder's
     logits follow the int8-block reference (a separate head, or one tied to the table) several times closer

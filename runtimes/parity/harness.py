@@ -111,7 +111,7 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
                 result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
                 if loop is not None:
                     result.runtime_loop_agrees = same_continuation(loop(ids, pixels), ours, tokenizer)
-                if limits.get("top1_below_noise_floor_max") is not None:  # a chaotic reference: judged by its own floor
+                if limits.get("top1_below_noise_floor_max") is not None:  # chaotic: judged by its own floor
                     result.noise_floor = noise_floor(model, ids, prefill, base=ref, image_features=features)
         except Exception as e:  # the runtime's own errors on this artifact: a failed check, reported
             result.metrics["error"] = _first_line(e)

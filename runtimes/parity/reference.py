@@ -2,7 +2,8 @@
 
 The reference of an artifact is the model it came from, built the way the artifact really computes
 (`manifest.json` "activations": XNNPACK runs every int4 linear on int8 dynamic activations, whatever the
-recipe; an ONNX speed-path folder runs its MatMulNBits on int8 activations per block). Its *noise floor* is the same reference with its embedding scale nudged by 2^-22 (an ulp-sized
+recipe; an ONNX speed-path folder runs its MatMulNBits on int8 activations per block). Its *noise floor*
+is the same reference with its embedding scale nudged by 2^-22 (an ulp-sized
 change, the size of the float differences between two correct runtimes). A model with int8 dynamic
 activations is chaotic at that scale — one flipped rounding moves its logits by O(1) — so no runtime can
 agree with it more closely than it agrees with itself.

@@ -261,7 +261,7 @@ def _quantize_activations(model: nn.Module, only: set[str] | None = None, blocks
 
     swap_modules(model, replace)
     if isinstance(model, Gemma) and model.lm_head is None:  # a tied head shares the embedding table
-        quantize, block = plan(EMBEDDING) if blocks is not None else (True, None)
+        quantize, block = plan(EMBEDDING)
         if quantize:
             head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False, device="meta")
             head.weight = model.embed_tokens.weight

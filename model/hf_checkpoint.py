@@ -115,13 +115,23 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
         raise OSError(f"writing {path.name} failed ({e})") from None
 
 
+def hub_name(name: str) -> str:
+    """Our decoder tensor name as `Gemma3ForCausalLM` checkpoints spell it."""
+    return name if name == "lm_head.weight" else f"model.{name}"
+
+
 def write_hf_folder(folder: Path, config: GemmaConfig, state: dict[str, torch.Tensor],
                     tokenizer_model: bytes | None, dtype: torch.dtype = torch.float32) -> None:
     """Write config.json, model.safetensors (HF names) and tokenizer.model into an existing folder."""
-    (folder / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
-    tensors = {("lm_head.weight" if k == "lm_head.weight" else f"model.{k}"): v.to(dtype).contiguous()
-               for k, v in sorted(state.items())}
+    tensors = {hub_name(k): v.to(dtype).contiguous() for k, v in sorted(state.items())}
     save_safetensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    write_hf_metadata(folder, config, tokenizer_model)
+
+
+def write_hf_metadata(folder: Path, config: GemmaConfig, tokenizer_model: bytes | None) -> None:
+    """Everything of an HF folder but the weights: config.json, generation_config.json and, with a
+    tokenizer, tokenizer.model and tokenizer_config.json."""
+    (folder / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
     if tokenizer_model is not None:
         (folder / "tokenizer.model").write_bytes(tokenizer_model)
         special = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"}

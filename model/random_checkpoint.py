@@ -1,9 +1,10 @@
 """Random weights at a released Gemma 3 shape, written as the hub writes them, for scale runs (issue 21).
 
 No 1B or 4B weights can be downloaded here, but their shapes are known (`config.PRESETS`). A folder from
-`write_random_checkpoint` holds config.json, bf16 safetensors shards under the hub's names with
-`model.safetensors.index.json`, and tokenizer.model (the bundled 270M's SentencePiece: every Gemma 3 size
-shares the 262,144-piece vocabulary). Each tensor is drawn on its own from a generator seeded by its name, in
+`write_random_checkpoint` holds bf16 safetensors shards under the hub's names with
+`model.safetensors.index.json`, and what `hf_checkpoint.write_hf_metadata` writes beside any HF folder:
+config.json, generation_config.json, tokenizer.model (the bundled 270M's SentencePiece: every Gemma 3 size
+shares the 262,144-piece vocabulary) and tokenizer_config.json. Each tensor is drawn on its own from a generator seeded by its name, in
 row chunks, so memory stays near one shard and the output does not depend on the order of writing. Scales
 follow a trained model's so activations behave: projections N(0, 1/fan_in), the embedding N(0, 1/hidden)
 (unit variance after Gemma's sqrt(hidden) scaling), norm weights N(0, 0.5^2) around Gemma's (1 + w).
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from .atomic import atomic_dir
 from .config import PRESETS, GemmaConfig
 from .gemma import Gemma
-from .hf_checkpoint import save_safetensors
+from .hf_checkpoint import hub_name, save_safetensors, write_hf_metadata
 
 SHARD_BYTES = 2 * 2**30  # bf16 bytes per shard: the writer holds one shard in memory
 ROWS = 8192  # rows drawn at a time (float32 transient of ROWS x width)
@@ -34,9 +35,15 @@ def decoder_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in sorted(model.state_dict().items())}
 
 
+def weight_std(name: str, shape: tuple[int, ...]) -> float:
+    """A trained-like scale: norms' w spread around Gemma's (1 + w), the rest 1/sqrt(fan-in) (the table's
+    row width)."""
+    return 0.5 if name.endswith("norm.weight") else shape[-1] ** -0.5
+
+
 def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     """`name`'s bf16 tensor: the same for the same (name, shape, seed), whatever else is written."""
-    std = 0.5 if name.endswith("norm.weight") else shape[-1] ** -0.5  # fan-in; the table's row width
+    std = weight_std(name, shape)
     generator = torch.Generator().manual_seed(zlib.crc32(name.encode()) ^ seed)
     out = torch.empty(shape, dtype=torch.bfloat16)
     rows = out.reshape(-1, shape[-1])
@@ -44,11 +51,6 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> torch.Ten
         chunk = rows[start:start + ROWS]
         chunk.copy_(torch.randn(chunk.shape, generator=generator) * std)
     return out
-
-
-def hub_name(name: str) -> str:
-    """A text decoder's tensor as `Gemma3ForCausalLM` checkpoints name it."""
-    return name if name == "lm_head.weight" else f"model.{name}"
 
 
 def write_random_checkpoint(preset: str | GemmaConfig, out: str | Path, seed: int = 0,
@@ -74,8 +76,7 @@ def write_random_checkpoint(preset: str | GemmaConfig, out: str | Path, seed: in
         size += nbytes
     files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
-        (tmp / "tokenizer.model").write_bytes(tokenizer_model)
+        write_hf_metadata(tmp, config, tokenizer_model)
         weight_map = {}
         with tqdm(total=len(shapes), desc=f"random weights -> {Path(out).name}", unit="tensor",
                   disable=not progress) as bar:

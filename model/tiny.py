@@ -8,8 +8,8 @@ import torch
 
 from .atomic import atomic_dir
 from .config import GemmaConfig, RopeConfig, gemma3_layer_types
-from .gemma import Gemma
 from .hf_checkpoint import write_hf_folder
+from .random_checkpoint import decoder_shapes, weight_std
 from .tokenizer import Tokenizer, tiny_tokenizer_model
 
 
@@ -30,14 +30,11 @@ def tiny_config(num_layers: int = 6, num_heads: int = 4, num_kv_heads: int = 1, 
 
 
 def random_state_dict(config: GemmaConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Weights drawn from a seeded generator; norms get non-zero values so (1 + w) is exercised."""
+    """Float32 weights drawn from one seeded generator, scaled as `random_checkpoint.weight_std` says; norms
+    get non-zero values so (1 + w) is exercised."""
     gen = torch.Generator().manual_seed(seed)
-    model = Gemma(config, max_seq_len=8)
-    state = {}
-    for name, p in sorted(model.state_dict().items()):
-        std = 0.5 if name.endswith("norm.weight") else 1.0 / p.shape[-1] ** 0.5
-        state[name] = torch.randn(p.shape, generator=gen) * std
-    return state
+    return {name: torch.randn(shape, generator=gen) * weight_std(name, shape)
+            for name, shape in decoder_shapes(config).items()}
 
 
 def write_tiny_checkpoint(out: str | Path, config: GemmaConfig | None = None, seed: int = 0,

@@ -189,22 +189,23 @@ def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 20
            cache: BuildCache | bool = True, overwrite: bool = False, int8_activations: bool = False,
            windowed_kv: bool = False) -> Path:
     """A device artifact folder: `kind` "pte" (ExecuTorch) or "onnx" from a float or quantized checkpoint.
-    `int8_activations`, `windowed_kv`: ONNX options (`export_onnx`); a .pte runs int8 activations and keeps
-    ring caches for sliding layers anyway."""
+    `int8_activations`, `windowed_kv`: switches only some backends take (`Backend.export_options`: ONNX's;
+    a .pte runs int8 activations and keeps ring caches for sliding layers anyway)."""
     from gemma_edge.export.manifest import record_source
 
-    write = backend(kind).export
+    target = backend(kind)
     source = resolve_model_path(source)
     options = {"max_seq_len": max_seq_len, "text_only": text_only}
-    for name, value, why in (("int8_activations", int8_activations, "runs its int4 linears on int8 activations"),
-                             ("windowed_kv", windowed_kv, "keeps ring caches of the window for sliding layers")):
+    for name, value in (("int8_activations", int8_activations), ("windowed_kv", windowed_kv)):
         if value:
-            if kind != "onnx":
-                raise GemmaEdgeError(f"--{name.replace('_', '-')} is an ONNX option; a .pte {why} already")
+            if name not in target.export_options:
+                takers = [b.name for b in BACKENDS.values() if name in b.export_options]
+                raise GemmaEdgeError(f"--{name.replace('_', '-')} is an option of export {' or '.join(takers)}, "
+                                     f"not of export {kind}")
             options[name] = True
 
     def make(folder: Path, ow: bool) -> None:
-        write(source, folder, overwrite=ow, **options)
+        target.export(source, folder, overwrite=ow, **options)
 
     return _stage(f"export-{kind}", out, [source], options, make,
                   cache, overwrite, relocate=lambda folder: record_source(folder, source), code=STAGE_CODE["export"])

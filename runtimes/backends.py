@@ -17,7 +17,8 @@ class Backend:
     `probe_first`: a damaged file can abort the runtime, so a child process loads it before this one does.
     `export(source, out, max_seq_len=, overwrite=, text_only=)`; `runner(folder, threads, multimodal)`;
     `stock_loop(folder, tokenizer, vision_meta, max_new_tokens)` -> (prompt ids, pixels) -> the runtime's own
-    greedy continuation (text or ids); `lowerings()` -> {use: table} of the formats it takes."""
+    greedy continuation (text or ids); `lowerings()` -> {use: table} of the formats it takes;
+    `export_options`: the switches its exporter takes beyond the common ones (`gemma-edge export --NAME`)."""
 
     name: str
     artifact: str
@@ -28,6 +29,7 @@ class Backend:
     runner: Callable[[Path, int | None, bool], object]
     stock_loop: Callable[[Path, object, dict | None, int], Callable]
     lowerings: Callable[[], dict]
+    export_options: tuple[str, ...] = ()
 
 
 # ---- ExecuTorch ---------------------------------------------------------------------------------
@@ -96,7 +98,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("pte", "model.pte", "executorch", (".pte",), True, _export_pte, _pte_runner, _pte_stock_loop,
             _pte_lowerings),
     Backend("onnx", "model.onnx", "onnxruntime", (".onnx", ".data"), False, _export_onnx, _onnx_runner,
-            _onnx_stock_loop, _onnx_lowerings),
+            _onnx_stock_loop, _onnx_lowerings, export_options=("int8_activations", "windowed_kv")),
 ]}
 
 

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gemma_edge.runtimes.onnx_runner import window_caches
+
 WORKER = r"""
 import json, sys
 import onnxruntime_genai as og
@@ -37,13 +39,12 @@ print(json.dumps({"loaded_mib": loaded, "with_cache_mib": rss_mib()}))
 
 
 def expected_mib(folder: Path, context: int) -> float:
-    """The float32 cache genai allocates at `context`: per layer 2 x kv_heads x positions x head_size x 4 bytes."""
+    """The float32 cache genai allocates at `context`: per layer 2 x kv_heads x positions x head_size x 4 bytes,
+    positions min(capacity, context) for the window-sized layers (`window_caches`), context for the rest."""
     decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-    window = decoder.get("sliding_window") or {}
-    windowed = set(window.get("layers", []))
-    capacity = min(context, window.get("window_size", 0) + window.get("cache_slack", 0)) if windowed else context
+    windows = window_caches(folder)
     per_position = 2 * decoder["num_key_value_heads"] * decoder["head_size"] * 4
-    positions = sum(capacity if i in windowed else context for i in range(decoder["num_hidden_layers"]))
+    positions = sum(min(windows.get(i, context), context) for i in range(decoder["num_hidden_layers"]))
     return positions * per_position / 2**20
 
 

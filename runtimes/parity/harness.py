@@ -91,8 +91,9 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
             if not multimodal:
                 raise GemmaEdgeError(f"{name}: {folder} is a text-only artifact; image prompts need a multimodal export")
             if encoder is None:
-                encoder = (reference_vision_encoder(source, activations, blocks) if against == "quantized"
-                           else reference_vision_encoder(source, None))
+                quantized = against == "quantized"  # the float reference has float activations
+                encoder = reference_vision_encoder(source, activations if quantized else None,
+                                                   blocks if quantized else None)
             with torch.no_grad():
                 features = encoder(pixels)
             last_image = max(i for i, t in enumerate(ids) if t == encoder.config.image_token_id)

@@ -22,7 +22,7 @@ from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.config import GemmaConfig
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
-from gemma_edge.model.hf_checkpoint import check_and_load, save_safetensors
+from gemma_edge.model.hf_checkpoint import load_weights, save_safetensors
 from gemma_edge.model.loader import FolderKind, LoadedModel
 from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
@@ -74,11 +74,12 @@ class QuantizedCheckpoint:
         weight, for the weights named in `activation_blocks`, an ONNX manifest's record)."""
         state = {k: v.to(dtype) for k, v in self.dequantized_state().items()}
         head = state.pop(LM_HEAD, None)
-        model = Gemma(self.config, max_seq_len=max_seq_len, dtype=dtype)
-        check_and_load(model, state, Path("quantized checkpoint"))
+        model = load_weights(lambda: Gemma(self.config, max_seq_len=max_seq_len, dtype=dtype), state,
+                             Path("quantized checkpoint"))
+        del state
         if head is not None:  # tied in the float model, but the LM head has its own format
-            model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, dtype=dtype)
-            model.lm_head.weight.data.copy_(head)
+            model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, device="meta")
+            model.lm_head.weight = nn.Parameter(head)
         _simulate_activations(model, activations or self.recipe.activations, activation_blocks)
         return model.eval()
 
@@ -90,9 +91,9 @@ class QuantizedCheckpoint:
         if config is None:
             raise GemmaEdgeError("this quantized checkpoint carries no vision tower; quantize the multimodal "
                                  "(4B+) HF folder to get one")
-        encoder = VisionEncoder(config).to(dtype)
-        check_and_load(encoder, {k: v.to(dtype) for k, v in self.dequantized_state(vision=True).items()},
-                       Path("quantized checkpoint"))
+        encoder = load_weights(lambda: VisionEncoder(config).to(dtype),
+                               {k: v.to(dtype) for k, v in self.dequantized_state(vision=True).items()},
+                               Path("quantized checkpoint"))
         _simulate_activations(encoder, activations or self.recipe.activations, activation_blocks, set(self.quantized))
         return encoder.eval()
 

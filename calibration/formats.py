@@ -22,6 +22,7 @@ from typing import Callable, ClassVar
 import torch
 
 from gemma_edge.model.errors import GemmaEdgeError
+from gemma_edge.model.hf_checkpoint import all_finite
 
 FP8_MAX = 448.0
 SFP8_MAX = 1.875
@@ -281,7 +282,7 @@ class QTensor:
 
 
 def check_finite(w: torch.Tensor, name: str) -> None:
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         bad = (~torch.isfinite(w)).nonzero()[0].tolist()
         raise GemmaEdgeError(f"{name} contains NaN or Inf (first at index {bad}); the checkpoint is corrupt")
 

@@ -36,7 +36,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_random_checkpoint(args: argparse.Namespace) -> None:
     from gemma_edge.model.random_checkpoint import write_random_checkpoint
 
-    out = write_random_checkpoint(args.preset, args.out, seed=args.seed, overwrite=args.overwrite)
+    out = write_random_checkpoint(args.preset, args.out, seed=args.seed, overwrite=args.overwrite,
+                                  text_only=args.text_only)
     shards = sorted(out.glob("model-*.safetensors"))
     size = sum(p.stat().st_size for p in shards) / 2**30
     print(f"wrote {out}: {len(shards)} bf16 shards ({size:.2f} GiB) + model.safetensors.index.json, config.json, "
@@ -143,14 +144,16 @@ def register(sub) -> None:
 
     p = add_command(sub, "random-checkpoint", cmd_random_checkpoint,
                     "write random weights at a released shape (1B, 4B) for scale runs",
-                    "Write a text checkpoint at a released Gemma 3 shape as the hub writes one: bf16 safetensors "
+                    "Write a checkpoint at a released Gemma 3 shape as the hub writes one: bf16 safetensors "
                     "shards with model.safetensors.index.json, config.json and the bundled SentencePiece "
-                    "tokenizer.model. Weights are random (seeded per tensor), scaled like a trained model's, for "
+                    "tokenizer.model; the 4B multimodal, with its SigLIP tower (Gemma3ForConditionalGeneration "
+                    "layout). Weights are random (seeded per tensor), scaled like a trained model's, for "
                     "measuring time and memory at sizes no download is available for here; memory stays near one "
                     "2 GiB shard.")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="the released shape")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--text-only", action="store_true", help="the 4B's text decoder alone (Gemma3ForCausalLM layout)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = add_command(sub, "run", cmd_run, "generate text with the reference or an exported artifact",

@@ -280,6 +280,13 @@ class Gemma(nn.Module):
         self.register_buffer("inv_freq_global", rope_inv_freq(config.rope_global, config.head_dim), persistent=False)
         self.to(dtype)
 
+    def init_buffers(self) -> None:
+        """The state no checkpoint holds: RoPE frequencies and zeroed caches (`hf_checkpoint.load_weights`
+        builds the model on the meta device and calls this once it has memory)."""
+        self.inv_freq_local.copy_(rope_inv_freq(self.config.rope_local, self.config.head_dim))
+        self.inv_freq_global.copy_(rope_inv_freq(self.config.rope_global, self.config.head_dim))
+        self.reset_caches()
+
     def reset_caches(self) -> None:
         for layer in self.layers:
             layer.self_attn.cache.reset()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .config import GemmaConfig
@@ -67,26 +68,87 @@ def _vision_name(name: str) -> str | None:
 def read_state_dict(folder: Path, dtype: torch.dtype = torch.float32, vision: bool = False) -> dict[str, torch.Tensor]:
     """Decoder tensors of an HF folder, renamed to `gemma.Gemma`'s names and cast to `dtype`; with
     `vision`, the vision tower's and projector's instead, under `vision.VisionEncoder`'s names."""
+    return dict(iter_state_dict(folder, dtype, vision))
+
+
+def iter_state_dict(folder: Path, dtype: torch.dtype = torch.float32, vision: bool = False):
+    """`read_state_dict`'s (name, tensor) pairs one at a time, shard by shard, in file order: a stage that
+    needs each weight once (quantize) holds one at a time instead of the model."""
     rename = _vision_name if vision else _decoder_name
-    state: dict[str, torch.Tensor] = {}
     for path in _safetensors_files(folder):
         try:
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    ours = rename(name)
-                    if ours is not None:
-                        state[ours] = f.get_tensor(name).to(dtype)
-        except (SafetensorError, OSError) as e:
+            for name, tensor in read_safetensors(path, lambda n: rename(n) is not None, dtype):
+                yield rename(name), tensor
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError) as e:
             what = "is a folder, not a safetensors file" if path.is_dir() else f"truncated or corrupt safetensors file ({e})"
             raise GemmaEdgeError(f"{path}: {what}; download or convert the checkpoint again") from None
+
+
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                       "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32,
+                       "I64": torch.int64, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+                       "F8_E5M2": torch.float8_e5m2}
+
+
+def read_safetensors(path: Path, wanted: Callable[[str], bool], dtype: torch.dtype | None = None):
+    """(name, tensor) of the `wanted` tensors of one safetensors file, in file order, cast to `dtype` (None:
+    as stored). Each is read through one scratch buffer into memory of its own, the only copy: safetensors'
+    memory map, or a fresh buffer per tensor (a bf16 one freed after each cast, leaving holes the float32
+    tensors do not fit), added up to 2 GB to the peak of loading the 1B (measured)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if not 2 <= header_len <= size - 8:
+            raise ValueError(f"header length {header_len} does not fit a {size}-byte file")
+        header = json.loads(f.read(header_len))
+        base = 8 + header_len
+        entries = sorted((v["data_offsets"][0], k, v) for k, v in header.items() if k != "__metadata__" and wanted(k))
+        scratch = torch.empty(max((v["data_offsets"][1] - v["data_offsets"][0] for _, _, v in entries), default=0),
+                              dtype=torch.uint8)
+        for _, name, info in entries:
+            start, end = info["data_offsets"]
+            if not 0 <= start <= end <= size - base:
+                raise ValueError(f"{name} lies past the end of the file")
+            raw = scratch[:end - start]
+            f.seek(base + start)
+            if f.readinto(raw.numpy()) != end - start:
+                raise ValueError(f"{name}: short read")
+            stored = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+            yield name, stored.to(dtype or stored.dtype, copy=True)
+
+
+def load_weights(make: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], source: Path) -> torch.nn.Module:
+    """`make()`'s module holding `state`'s tensors themselves as its weights (give them in the dtype wanted).
+    Built on the meta device and given the tensors without a copy: building it on the CPU and copying in
+    would initialise every weight at random and hold two copies of the model at once. Buffers (RoPE
+    tables, caches) come from the module's `init_buffers`, if it has any."""
+    with torch.device("meta"):
+        module = make()
+    check_state(module, state, source)
+    module.to_empty(device="cpu")  # memory for the buffers; the weights' is never touched and freed below
+    module.load_state_dict(_untied(module, state), strict=True, assign=True)
+    if hasattr(module, "init_buffers"):
+        module.init_buffers()
+    return module
+
+
+def _untied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without an LM head a tied model has no place for (it is the embedding table)."""
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", True):
+        return {k: v for k, v in state.items() if k != "lm_head.weight"}
     return state
 
 
-def check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Copy `state` into `model`, naming every missing, unexpected or mis-shaped tensor."""
+def all_finite(t: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """torch.isfinite(t).all() a chunk at a time: on the whole table it allocates 1.5 GB at the 1B (measured)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
+def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Name the first missing, unexpected, mis-shaped or non-finite tensor of `state` for `model`."""
     expected = model.state_dict()
-    if getattr(model.config, "tie_word_embeddings", True):
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    state = _untied(model, state)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shape_errors = [f"{k} is {list(state[k].shape)} but config.json implies {list(expected[k].shape)}"
@@ -102,9 +164,8 @@ def check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
         raise GemmaEdgeError(f"{source}: unexpected tensors, e.g. {unexpected[0]}; "
                              "the checkpoint does not match its config.json")
     for name, tensor in state.items():
-        if not torch.isfinite(tensor).all():
+        if not all_finite(tensor):
             raise GemmaEdgeError(f"{source}: tensor {name} contains NaN or Inf; the checkpoint is corrupt")
-    model.load_state_dict(state, strict=True)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -15,8 +15,8 @@ from .atomic import atomic_dir, check_output_path
 from .config import GemmaConfig
 from .errors import GemmaEdgeError
 from .gemma import Gemma
-from .gguf_file import read_gguf, read_gguf_config
-from .hf_checkpoint import check_and_load, read_state_dict, write_hf_folder
+from .gguf_file import read_gguf, read_gguf_config, read_gguf_tokenizer
+from .hf_checkpoint import check_state, iter_state_dict, load_weights, read_state_dict, write_hf_folder
 from .tokenizer import Tokenizer
 from .vision import VisionConfig, VisionEncoder
 
@@ -75,21 +75,56 @@ def read_config(path: str | Path) -> GemmaConfig:
     return read_gguf_config(path) if _is_gguf(path) else GemmaConfig.from_json_file(path / "config.json")
 
 
-def read_checkpoint(path: str | Path, progress: bool = True) -> tuple[GemmaConfig, dict[str, torch.Tensor], bytes | None]:
-    """Config, float32 state dict (our names) and tokenizer.model bytes (None if the folder has none)."""
+def read_checkpoint(path: str | Path, progress: bool = True, dtype: torch.dtype = torch.float32,
+                    ) -> tuple[GemmaConfig, dict[str, torch.Tensor], bytes | None]:
+    """Config, state dict (our names, in `dtype`) and tokenizer.model bytes (None if the folder has none)."""
     path = Path(path)
     if _is_gguf(path):
-        return read_gguf(path, progress=progress)
+        config, state, tok = read_gguf(path, progress=progress)
+        return config, {k: v.to(dtype) for k, v in state.items()}, tok
     kind = folder_kind(path)
     if kind is not None:
         raise GemmaEdgeError(f"{path}: is a {kind.name}; open it with gemma_edge.model.load "
                              "(it has no float weights to read or convert)")
     config = GemmaConfig.from_json_file(path / "config.json")
-    state = read_state_dict(path)
+    state = read_state_dict(path, dtype)
     tok = path / "tokenizer.model"
     if tok.exists() and not tok.is_file():
         raise GemmaEdgeError(f"{tok}: is a folder, not a file; copy the checkpoint's tokenizer.model here")
     return config, state, tok.read_bytes() if tok.exists() else None
+
+
+def iter_weights(path: str | Path, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+    """The float decoder tensors of a checkpoint (our names), one at a time: from an HF folder shard by
+    shard as stored, so a caller that keeps none of them needs memory for one (a GGUF is read whole)."""
+    path = Path(path)
+    if _is_gguf(path) or folder_kind(path) is not None:  # read whole; a stage's folder is refused there
+        yield from read_checkpoint(path, progress=False, dtype=dtype)[1].items()
+    else:
+        yield from iter_state_dict(path, dtype)
+
+
+def load_skeleton(path: str | Path) -> LoadedModel:
+    """A checkpoint's config, tokenizer and source, its model built on the meta device (no weights read):
+    for a stage that streams the weights (`iter_weights`) and needs the model's shapes at most."""
+    path = Path(path)
+    config = read_config(path)
+    if _is_gguf(path):
+        tok_bytes = read_gguf_tokenizer(path)
+    else:
+        tok = path / "tokenizer.model"
+        tok_bytes = tok.read_bytes() if tok.is_file() else None
+    with torch.device("meta"):
+        model = Gemma(config, max_seq_len=1)
+    return LoadedModel(config, model, _tokenizer(tok_bytes, path, config), path)
+
+
+def _tokenizer(tok_bytes: bytes | None, path: Path, config: GemmaConfig) -> Tokenizer | None:
+    tokenizer = Tokenizer(tok_bytes, str(path / "tokenizer.model"), config.bos_token_id) if tok_bytes is not None else None
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise GemmaEdgeError(f"{path}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
+                             f"vocabulary is {config.vocab_size}; use the tokenizer that came with the weights")
+    return tokenizer
 
 
 def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
@@ -100,18 +135,13 @@ def load(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = 
     kind = folder_kind(path)
     if kind is not None:  # e.g. a quantized checkpoint: the quantized reference
         return kind.load(path, max_seq_len=max_seq_len, dtype=dtype)
-    config, state, tok_bytes = read_checkpoint(path, progress=progress)
+    config, state, tok_bytes = read_checkpoint(path, progress=progress, dtype=dtype)
     seq = max_seq_len or min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
     if seq > config.max_position_embeddings:
         raise GemmaEdgeError(f"max_seq_len={seq} exceeds the model's context of {config.max_position_embeddings}")
-    model = Gemma(config, max_seq_len=seq, dtype=dtype)
-    check_and_load(model, {k: v.to(dtype) for k, v in state.items()}, path)
-    model.eval()
-    tokenizer = Tokenizer(tok_bytes, str(path / "tokenizer.model"), config.bos_token_id) if tok_bytes is not None else None
-    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
-        raise GemmaEdgeError(f"{path}: tokenizer.model has {tokenizer.vocab_size} pieces but the model's "
-                             f"vocabulary is {config.vocab_size}; use the tokenizer that came with the weights")
-    return LoadedModel(config, model, tokenizer, path)
+    model = load_weights(lambda: Gemma(config, max_seq_len=seq, dtype=dtype), state, path).eval()
+    del state
+    return LoadedModel(config, model, _tokenizer(tok_bytes, path, config), path)
 
 
 def has_vision(path: str | Path) -> bool:
@@ -144,9 +174,7 @@ def load_vision(path: str | Path, dtype: torch.dtype = torch.float32, activation
     if config is None:
         raise GemmaEdgeError(f"{path}: config.json has no vision_config; this is a text-only checkpoint "
                              "(Gemma 3 takes images from 4B up)")
-    encoder = VisionEncoder(config).to(dtype)
-    check_and_load(encoder, read_state_dict(path, dtype, vision=True), path)
-    return encoder.eval()
+    return load_weights(lambda: VisionEncoder(config).to(dtype), read_state_dict(path, dtype, vision=True), path).eval()
 
 
 def convert(src: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False,
@@ -154,7 +182,8 @@ def convert(src: str | Path, out: str | Path, dtype: torch.dtype = torch.float32
     """Write `src` (GGUF or folder) as an HF folder that transformers' Gemma3ForCausalLM loads."""
     check_output_path(out, [src], overwrite)
     config, state, tok_bytes = read_checkpoint(src, progress=progress)
-    check_and_load(Gemma(config, max_seq_len=1), state, Path(src))  # fail before writing anything
+    with torch.device("meta"):
+        check_state(Gemma(config, max_seq_len=1), state, Path(src))  # fail before writing anything
     with atomic_dir(out, overwrite=overwrite, inputs=[src]) as tmp:
         write_hf_folder(tmp, config, state, tok_bytes, dtype=dtype)
     return Path(out)

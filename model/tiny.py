@@ -9,7 +9,7 @@ import torch
 from .atomic import atomic_dir
 from .config import GemmaConfig, RopeConfig, gemma3_layer_types
 from .hf_checkpoint import write_hf_folder
-from .random_checkpoint import decoder_shapes, weight_std
+from .random_checkpoint import decoder_shapes, weight_mean_std
 from .tokenizer import Tokenizer, tiny_tokenizer_model
 
 
@@ -30,11 +30,14 @@ def tiny_config(num_layers: int = 6, num_heads: int = 4, num_kv_heads: int = 1, 
 
 
 def random_state_dict(config: GemmaConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Float32 weights drawn from one seeded generator, scaled as `random_checkpoint.weight_std` says; norms
+    """Float32 weights drawn from one seeded generator, scaled as `random_checkpoint.weight_mean_std` says; norms
     get non-zero values so (1 + w) is exercised."""
     gen = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=gen) * weight_std(name, shape)
-            for name, shape in decoder_shapes(config).items()}
+    state = {}
+    for name, shape in decoder_shapes(config).items():
+        mean, std = weight_mean_std(name, shape)
+        state[name] = torch.randn(shape, generator=gen) * std + mean
+    return state
 
 
 def write_tiny_checkpoint(out: str | Path, config: GemmaConfig | None = None, seed: int = 0,

@@ -119,30 +119,41 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
 
     def make(folder: Path, ow: bool) -> None:
         from gemma_edge.calibration.ptq import quantize_model
+        from gemma_edge.model.loader import iter_weights, load_skeleton
 
-        loaded = _load_for_calibration(source, calibration.seq_len)
+        skeleton = load_skeleton(source)  # the float model is loaded only to compute statistics, then freed
         gptq = recipe.rounding == "gptq"
-        stats = _stats(loaded, calibration, cache, progress, hessians=gptq) if recipe.clip == "mse" or gptq else None
-        quantize_model(loaded, recipe, stats, progress=progress).save(folder, overwrite=ow)
+        stats = (_stats(source, calibration, cache, progress, hessians=gptq) if recipe.clip == "mse" or gptq
+                 else None)
+        quantize_model(skeleton, recipe, stats, progress=progress, weights=iter_weights(source)).save(
+            folder, overwrite=ow)
 
     return _stage("quantize", out, [source, *calibration.inputs],
                   {"recipe": recipe.to_dict(), "calibration": calibration.describe()}, make, cache, overwrite,
                   relocate=lambda folder: record_source(folder, source), code=STAGE_CODE["quantize"])
 
 
+BFLOAT16_ABOVE = 2_000_000_000  # parameters above which calibration runs the model in bfloat16
+
+
 def _load_for_calibration(source: Path, seq_len: int):
+    """The float model calibration runs: float32, or bfloat16 for a model above BFLOAT16_ABOVE parameters
+    (the 4B's float32 decoder is 15.5 GB; this CPU computes bf16 matmuls natively)."""
     from gemma_edge.model import load
+    from gemma_edge.model.loader import load_skeleton
 
-    loaded = load(source, max_seq_len=seq_len, progress=False)
-    if loaded.tokenizer is None:
-        raise GemmaEdgeError(f"{loaded.source}: no tokenizer.model; calibration needs the tokenizer")
-    return loaded
+    skeleton = load_skeleton(source)
+    if skeleton.tokenizer is None:
+        raise GemmaEdgeError(f"{source}: no tokenizer.model; calibration needs the tokenizer")
+    params = sum(t.numel() for t in skeleton.model.parameters())
+    dtype = torch.bfloat16 if params > BFLOAT16_ABOVE else torch.float32
+    return load(source, max_seq_len=seq_len, dtype=dtype, progress=False)
 
 
-def _stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress: bool, hessians: bool = False):
+def _stats(source: Path, calibration: Calibration, cache: BuildCache | bool, progress: bool, hessians: bool = False):
     """The calibration statistics of the weighted clip search (None without any), with GPTQ's Hessians
     attached when `hessians`: they need the calibration sequences themselves, which the data-free cache
-    entry keeps beside the statistics."""
+    entry keeps beside the statistics. The float model is loaded only when they are computed here."""
     from gemma_edge.calibration.data import read_texts, token_sequences
     from gemma_edge.calibration.gptq import collect_hessians
     from gemma_edge.calibration.observers import CalibrationStats, collect_stats
@@ -153,23 +164,32 @@ def _stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress:
             raise GemmaEdgeError("rounding gptq needs calibration sequences: give --data FILE or let quantize sample "
                                  "them (drop --stats and --unweighted)")
         return CalibrationStats.load(calibration.stats) if calibration.stats is not None else None
+    loaded = None
+
+    def model():
+        nonlocal loaded
+        loaded = loaded or _load_for_calibration(source, calibration.seq_len)
+        return loaded
+
     if calibration.texts:
-        sequences = token_sequences(read_texts(calibration.texts), loaded.tokenizer, calibration.seq_len,
+        sequences = token_sequences(read_texts(calibration.texts), model().tokenizer, calibration.seq_len,
                                     calibration.samples)
-        stats = collect_stats(loaded.model, sequences, progress=progress)
+        stats = collect_stats(model().model, sequences, progress=progress)
     else:
-        stats, sequences = _sampled_stats(loaded, calibration, cache, progress)
+        stats, sequences = _sampled_stats(source, model, calibration, cache, progress)
     if hessians:
-        stats.hessians = collect_hessians(loaded.model, sequences, progress)
+        stats.hessians = collect_hessians(model().model, sequences, progress)
     return stats
 
 
-def _sampled_stats(loaded, calibration: Calibration, cache: BuildCache | bool, progress: bool):
-    """(statistics, sequences) of the data-free calibration: sampled once per checkpoint and seed, cached."""
+def _sampled_stats(source: Path, model, calibration: Calibration, cache: BuildCache | bool, progress: bool):
+    """(statistics, sequences) of the data-free calibration: sampled once per checkpoint and seed, cached;
+    `model()` loads the float model, on a miss only."""
     from gemma_edge.calibration.data import sample_sequences
     from gemma_edge.calibration.observers import CalibrationStats, collect_stats
 
     def sample(folder: Path | None = None):
+        loaded = model()
         sequences = sample_sequences(loaded, calibration.samples, calibration.seq_len, calibration.seed, progress)
         stats = collect_stats(loaded.model, sequences, progress=progress)
         if folder is not None:
@@ -180,7 +200,7 @@ def _sampled_stats(loaded, calibration: Calibration, cache: BuildCache | bool, p
     store = _cache(cache)
     if store is None:
         return sample()
-    key = {"options": calibration.describe(), "inputs": [content_digest(loaded.source)]}
+    key = {"options": calibration.describe(), "inputs": [content_digest(source)]}
     with store.open("calibrate", key, sample, STAGE_CODE["quantize"]) as (folder, _):
         return CalibrationStats.load(folder), json.loads((folder / SEQUENCES).read_text())
 

@@ -284,3 +284,36 @@ def test_cli_eval_reports_every_domain(tmp_path, tiny_dir, capsys):
     assert all(d["tokens"] == 79 for d in report["domains"].values())  # 80 tokens less BOS, tail window kept
     assert report["result"]["tokens"] == 79 * len(DOMAINS)
     assert int(rows["chat"][1]) == 79 and float(rows["chat"][3]) == pytest.approx(report["domains"]["chat"]["reference_perplexity"], rel=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["int4_block32", "int4_channel", "int4_block64_asym", "int8_channel", "fp8_e4m3",
+                                 "sfp8"])
+def test_quantizing_by_rows_gives_the_whole_weights_integers(fmt):
+    """`by_rows` bounds memory by quantizing a few rows at a time; every format's scales are per row, so
+    the pieces must be exactly the whole's (here: chunks of 3 rows, the last one short)."""
+    from gemma_edge.calibration.formats import QuantFormat, mse_clip_quantize
+    from gemma_edge.calibration.ptq import by_rows
+
+    w = torch.randn(11, 128, generator=torch.Generator().manual_seed(3)) * 0.4
+    importance = torch.rand(128, generator=torch.Generator().manual_seed(4))
+    f = QuantFormat.parse(fmt)
+    whole = mse_clip_quantize(w, f, importance)
+    q, err = by_rows(w, lambda rows: mse_clip_quantize(rows, f, importance), chunk_elements=3 * 128)
+    for a, b in ((q.qdata, whole.qdata), (q.scale, whole.scale), (q.zero_point, whole.zero_point)):
+        assert (a is None and b is None) or torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                                                        b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)
+    expected = float((whole.dequantize() - w).norm() / w.norm())
+    assert err == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["int4-block32", "int4-block32-emb4", "fp8"])
+def test_weights_streamed_from_the_checkpoint_give_the_same_folder(tmp_path, preset):
+    """The pipeline quantizes weights read one at a time from the shards (`iter_weights`, the float model
+    never built) into the same bytes as from a loaded model's parameters; tied head included."""
+    from gemma_edge.model.loader import iter_weights, load_skeleton
+
+    path = write_tiny_checkpoint(tmp_path / "tiny", tiny_config(hidden_size=128, intermediate_size=256))
+    from_model = quantize_model(load(path), PRESETS[preset], progress=False).save(tmp_path / "a")
+    streamed = quantize_model(load_skeleton(path), PRESETS[preset], progress=False,
+                              weights=iter_weights(path)).save(tmp_path / "b")
+    assert _sha(from_model) == _sha(streamed)

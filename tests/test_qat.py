@@ -183,7 +183,7 @@ def test_off_grid_weights_are_refused(tmp_path):
     loaded = load(folder, progress=False)
     with pytest.raises(GemmaEdgeError, match=r"layers.2.mlp.up_proj.weight: 1 of 8192 weights are not on an int4 "
                                              r"block-32 grid \(first in row 3, block 1\)"):
-        import_grid(loaded, PRESETS["int4-block32"], progress=False)
+        import_grid(loaded, GRID_RECIPE, progress=False)  # the one tensor off its grid (the table is on none)
     with pytest.raises(GemmaEdgeError, match="not on an int4 block-32 grid"):  # PTQ-style random weights
         grid_qtensor(torch.randn(4, 64), QuantFormat.parse("int4_block32"), "w")
 

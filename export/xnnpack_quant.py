@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, fake_quantize_per_token_int8
+from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, fake_quantize_per_token_int8, is_vision
 from gemma_edge.calibration.formats import IntGrid, QTensor, QuantFormat
 from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
+from gemma_edge.model.hf_checkpoint import materialize
 from gemma_edge.model.swap import swap_modules
-from gemma_edge.model.vision import VisionEncoder
+from gemma_edge.model.vision import VisionConfig, VisionEncoder
 
 from .lowering import Lowering, lowering_for
 
@@ -110,7 +111,8 @@ def integer_linear(q: QTensor, name: str, bias: torch.Tensor | None = None) -> n
 def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
     """The float architecture with every quantized weight replaced by its integer module."""
     register_quant_ops()
-    model = ckpt.build_model(max_seq_len)  # norms and any float weights, dequantized elsewhere
+    with torch.device("meta"):  # no float copy of the quantized weights: their modules are swapped in
+        model = Gemma(ckpt.config, max_seq_len=max_seq_len)
 
     def replace(name: str, module: nn.Module) -> nn.Module | None:
         weight = name + ".weight"
@@ -120,16 +122,26 @@ def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
         return integer_linear(ckpt.quantized[weight], weight) if weight in ckpt.quantized else None
 
     swap_modules(model, replace)
-    if LM_HEAD not in ckpt.quantized and EMBEDDING in ckpt.quantized:  # tied: one table, same integers
-        model.lm_head = integer_linear(ckpt.quantized[EMBEDDING], LM_HEAD)
-    return model.eval()
+    if model.lm_head is None:  # tied in the float model
+        if LM_HEAD in ckpt.quantized:  # the recipe gives the head its own format
+            model.lm_head = integer_linear(ckpt.quantized[LM_HEAD], LM_HEAD)
+        elif LM_HEAD in ckpt.floats:
+            model.lm_head = nn.Linear(ckpt.config.hidden_size, ckpt.config.vocab_size, bias=False, device="meta")
+        elif EMBEDDING in ckpt.quantized:  # one table, same integers
+            model.lm_head = integer_linear(ckpt.quantized[EMBEDDING], LM_HEAD)
+    return materialize(model, ckpt.floats).eval()
 
 
 def quantized_pte_vision(ckpt: QuantizedCheckpoint) -> VisionEncoder:
     """The vision tower and projector with every quantized linear as its integer module (bias kept)."""
     register_quant_ops()
-    encoder = ckpt.build_vision()
+    config = VisionConfig.from_hf_dict(ckpt.multimodal_config or {})
+    if config is None:
+        raise GemmaEdgeError("this quantized checkpoint carries no vision tower; quantize the multimodal "
+                             "(4B+) HF folder to get one")
+    with torch.device("meta"):  # as for the decoder: no float copy of the quantized weights
+        encoder = VisionEncoder(config)
     swap_modules(encoder, lambda name, module: integer_linear(ckpt.quantized[name + ".weight"], name + ".weight",
-                                                              module.bias)
+                                                              ckpt.floats.get(name + ".bias"))
                  if name + ".weight" in ckpt.quantized else None)
-    return encoder.eval()
+    return materialize(encoder, {k: v for k, v in ckpt.floats.items() if is_vision(k)}).eval()

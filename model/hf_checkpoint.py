@@ -125,8 +125,21 @@ def load_weights(make: Callable[[], torch.nn.Module], state: dict[str, torch.Ten
     with torch.device("meta"):
         module = make()
     check_state(module, state, source)
-    module.to_empty(device="cpu")  # memory for the buffers; the weights' is never touched and freed below
-    module.load_state_dict(_untied(module, state), strict=True, assign=True)
+    return materialize(module, _untied(module, state))
+
+
+def materialize(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Give a module built (partly) on the meta device `state`'s tensors, without a copy, and memory for
+    its buffers, filled by its `init_buffers` if it has one. Tensors already real (an integer module swapped
+    in) stay; a parameter still without one is an error."""
+    module.load_state_dict(state, strict=False, assign=True)
+    for sub in module.modules():
+        for name, buffer in sub._buffers.items():
+            if buffer is not None and buffer.is_meta:
+                sub._buffers[name] = torch.empty_like(buffer, device="cpu")
+    left = [name for name, p in module.named_parameters() if p.is_meta]
+    if left:
+        raise GemmaEdgeError(f"no tensor for {left[0]} (and {len(left) - 1} more)")
     if hasattr(module, "init_buffers"):
         module.init_buffers()
     return module

@@ -34,6 +34,27 @@ def stages(work: Path, model: str, recipe: str) -> list[tuple[str, list[str]]]:
     ]
 
 
+def folder_size(path: Path) -> str:
+    """The size of what a stage wrote (a folder's files), '' when it wrote nothing there."""
+    if not path.exists():
+        return ""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return f"{sum(p.stat().st_size for p in files) / 2**20:,.0f} MiB"
+
+
+def measure(name: str, argv: list[str], output: Path | None = None) -> str:
+    """Run `gemma-edge ARGV` under /usr/bin/time -v; a Markdown row: stage, wall time, peak RSS, output size."""
+    cli = shutil.which("gemma-edge") or sys.exit("gemma-edge is not on PATH")
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", cli, *argv], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    status = "" if proc.returncode in (0, 1) else f" (exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1]})"
+    gib = int(peak.group(1)) / 2**20 if peak else float("nan")
+    size = folder_size(output) if output is not None else ""
+    return f"| `gemma-edge {name}` | {seconds:.0f} s | {gib:.2f} GiB{status} | {size} |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
@@ -43,19 +64,13 @@ def main() -> None:
     if args.work.exists():
         sys.exit(f"{args.work}: exists; name a new folder")
     args.work.mkdir(parents=True)
-    cli = shutil.which("gemma-edge") or sys.exit("gemma-edge is not on PATH")
-    print("| stage | wall time | peak RSS |")
-    print("|---|---|---|")
+    print("| stage | wall time | peak RSS | output |")
+    print("|---|---|---|---|")
     for name, argv in stages(args.work, args.model, args.recipe):
         if name != "bench pte":
             argv.append("--no-cache")
-        t0 = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-v", cli, *argv], capture_output=True, text=True)
-        seconds = time.perf_counter() - t0
-        peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-        status = "" if proc.returncode in (0, 1) else f" (exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1]})"
-        gib = int(peak.group(1)) / 2**20 if peak else float("nan")
-        print(f"| `gemma-edge {name}` | {seconds:.0f} s | {gib:.2f} GiB{status} |", flush=True)
+        out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        print(measure(name, argv, out), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.config import GemmaConfig
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
-from gemma_edge.model.hf_checkpoint import load_weights, save_safetensors
+from gemma_edge.model.hf_checkpoint import load_weights, materialize, save_safetensors
 from gemma_edge.model.loader import FolderKind, LoadedModel
 from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
@@ -67,11 +67,16 @@ class QuantizedCheckpoint:
 
     # ---- the quantized reference -----------------------------------------------------------------
     def build_model(self, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
-                    activations: str | None = None, activation_blocks: dict[str, int] | None = None) -> Gemma:
+                    activations: str | None = None, activation_blocks: dict[str, int] | None = None,
+                    lazy: bool = False) -> Gemma:
         """The quantized reference. `activations` overrides the recipe's, to mirror a runtime that
         quantizes activations itself: "int8_dynamic" (XNNPACK runs every int4 linear on int8 per-token
         activations) or "int8_block" (onnxruntime's MatMulNBits at accuracy_level 4: int8 per block of the
-        weight, for the weights named in `activation_blocks`, an ONNX manifest's record)."""
+        weight, for the weights named in `activation_blocks`, an ONNX manifest's record).
+        `lazy`: keep the integers and dequantize each weight when its module runs (`dequantize_on_call`):
+        the same values and logits with a quarter of the memory, slower per call (for 1B and up)."""
+        if lazy:
+            return self._build_lazy(max_seq_len, dtype, activations, activation_blocks)
         state = {k: v.to(dtype) for k, v in self.dequantized_state().items()}
         head = state.pop(LM_HEAD, None)
         model = load_weights(lambda: Gemma(self.config, max_seq_len=max_seq_len, dtype=dtype), state,
@@ -81,6 +86,24 @@ class QuantizedCheckpoint:
             model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, device="meta")
             model.lm_head.weight = nn.Parameter(head)
         _simulate_activations(model, activations or self.recipe.activations, activation_blocks)
+        return model.eval()
+
+    def _build_lazy(self, max_seq_len, dtype, activations, activation_blocks) -> Gemma:
+        """`build_model(lazy=True)`: the modules of quantized weights hold meta placeholders between calls."""
+        decoder = {k: q for k, q in self.quantized.items() if not is_vision(k)}
+        with torch.device("meta"):
+            model = Gemma(self.config, max_seq_len=max_seq_len, dtype=dtype)
+            if LM_HEAD in decoder or LM_HEAD in self.floats:  # the head has its own format
+                model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, dtype=dtype)
+        floats = {k: v.to(dtype) for k, v in self.floats.items() if not is_vision(k)}
+        materialize(model, floats, placeholders=set(decoder))
+        _simulate_activations(model, activations or self.recipe.activations, activation_blocks)
+        if model.lm_head is None and EMBEDDING in decoder:  # a tied head: the table's integers, as a linear
+            with torch.device("meta"):
+                model.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, dtype=dtype)
+        if EMBEDDING in decoder and LM_HEAD not in decoder and LM_HEAD not in self.floats:
+            decoder[LM_HEAD] = decoder[EMBEDDING]
+        dequantize_on_call(model, decoder, dtype)
         return model.eval()
 
     def build_vision(self, dtype: torch.dtype = torch.float32, activations: str | None = None,
@@ -169,22 +192,64 @@ class QuantizedCheckpoint:
                    provenance, multimodal)
 
 
+def dequantize_on_call(model: nn.Module, quantized: dict[str, QTensor], dtype: torch.dtype) -> None:
+    """Each module whose weight is in `quantized` (by `NAME.weight`) holds a meta placeholder; a linear's
+    weight is dequantized just before each call and dropped after it, an embedding gathers the integer rows
+    it needs and dequantizes those (every format's scales are per row, so the values are the full
+    dequantization's)."""
+    for name, module in list(model.named_modules()):
+        q = quantized.get(f"{name}.weight")
+        if q is None:
+            continue
+        if isinstance(module, nn.Embedding):
+            model.set_submodule(name, RowDequantizedEmbedding(q, dtype))
+        elif isinstance(module, nn.Linear):
+            placeholder = module.weight
+            module.register_forward_pre_hook(
+                lambda m, args, q=q: m._parameters.__setitem__("weight", nn.Parameter(q.dequantize().to(dtype),
+                                                                                     requires_grad=False)))
+            module.register_forward_hook(
+                lambda m, args, out, p=placeholder: m._parameters.__setitem__("weight", p))
+
+
+class RowDequantizedEmbedding(nn.Module):
+    """An embedding that keeps its table as integers: ids -> their rows, dequantized."""
+
+    def __init__(self, q: QTensor, dtype: torch.dtype):
+        super().__init__()
+        self.q, self.dtype = q, dtype
+        self.num_embeddings, self.embedding_dim = q.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        pick = lambda t: None if t is None else t[flat]  # noqa: E731
+        rows = QTensor(self.q.fmt, self.q.qdata[flat], pick(self.q.scale), pick(self.q.zero_point))
+        return rows.dequantize().to(self.dtype).reshape(*ids.shape, self.embedding_dim)
+
+
 def record_source(folder: Path, source: Path) -> None:
     """Point source.json at `source` (the same float model, found elsewhere: a checkpoint restored from the
     build cache)."""
     (Path(folder) / "source.json").write_text(json.dumps({"path": str(Path(source).resolve())}) + "\n")
 
 
+LAZY_ABOVE = 500_000_000  # decoder parameters above which the quantized reference dequantizes on call
+
+
 def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,
-                   activations: str | None = None, activation_blocks: dict[str, int] | None = None) -> LoadedModel:
+                   activations: str | None = None, activation_blocks: dict[str, int] | None = None,
+                   lazy: bool | None = None) -> LoadedModel:
     """`gemma_edge.model.load` for a quantized checkpoint: the quantized reference model
-    (`activations`, `activation_blocks` as in `QuantizedCheckpoint.build_model`)."""
+    (`activations`, `activation_blocks`, `lazy` as in `QuantizedCheckpoint.build_model`; by default lazy
+    above LAZY_ABOVE parameters: the 1B's float reference is 5 GB, its integers 1.3)."""
     path = Path(path)
     ckpt = QuantizedCheckpoint.load(path)
     seq = max_seq_len or min(4096, ckpt.config.max_position_embeddings)
     tok = (Tokenizer(ckpt.tokenizer_model, str(path / "tokenizer.model"), ckpt.config.bos_token_id)
            if ckpt.tokenizer_model else None)
-    return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations, activation_blocks), tok, path)
+    if lazy is None:
+        lazy = sum(q.qdata.numel() for k, q in ckpt.quantized.items() if not is_vision(k)) > LAZY_ABOVE
+    return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations, activation_blocks, lazy), tok, path)
 
 
 def _has_vision(path: Path) -> bool:

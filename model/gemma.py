@@ -264,6 +264,9 @@ class DecoderLayer(nn.Module):
         return x + h
 
 
+LOGIT_CHUNK = 64  # positions per LM-head call with `logits_from` (a 64 x 262,144 float32 block is 64 MiB)
+
+
 class Gemma(nn.Module):
     def __init__(self, config: GemmaConfig, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -325,15 +328,20 @@ class Gemma(nn.Module):
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False,
-                image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab]).
+                image_features: torch.Tensor | None = None, logits_from: int | None = None) -> torch.Tensor:
+        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab]; with
+        `logits_from`, [1, T - logits_from, vocab], computed LOGIT_CHUNK positions at a time: the head's
+        transients stay small however long the prompt).
         With `image_features`, the image soft tokens of `tokens` take them and attend bidirectionally
         within each image; an image's tokens must all arrive in the same call."""
         groups = None
         if image_features is not None:
             groups = image_groups(tokens[0] == self.config.image_token_id)
         x = self.hidden(self.embed(tokens, image_features), input_pos, groups)
-        return self.logits(x[:, -1:] if last_logits_only else x)
+        if logits_from is None:
+            return self.logits(x[:, -1:] if last_logits_only else x)
+        return torch.cat([self.logits(x[:, i:i + LOGIT_CHUNK]) for i in range(logits_from, x.shape[1], LOGIT_CHUNK)],
+                         dim=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final hidden states -> logits through the (tied) LM head and the soft-cap."""

@@ -128,16 +128,17 @@ def load_weights(make: Callable[[], torch.nn.Module], state: dict[str, torch.Ten
     return materialize(module, _untied(module, state))
 
 
-def materialize(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def materialize(module: torch.nn.Module, state: dict[str, torch.Tensor],
+                placeholders: set[str] = frozenset()) -> torch.nn.Module:
     """Give a module built (partly) on the meta device `state`'s tensors, without a copy, and memory for
     its buffers, filled by its `init_buffers` if it has one. Tensors already real (an integer module swapped
-    in) stay; a parameter still without one is an error."""
+    in) stay; a parameter still without one is an error unless named in `placeholders` (filled later)."""
     module.load_state_dict(state, strict=False, assign=True)
     for sub in module.modules():
         for name, buffer in sub._buffers.items():
             if buffer is not None and buffer.is_meta:
                 sub._buffers[name] = torch.empty_like(buffer, device="cpu")
-    left = [name for name, p in module.named_parameters() if p.is_meta]
+    left = [name for name, p in module.named_parameters() if p.is_meta and name not in placeholders]
     if left:
         raise GemmaEdgeError(f"no tensor for {left[0]} (and {len(left) - 1} more)")
     if hasattr(module, "init_buffers"):

@@ -317,3 +317,26 @@ def test_weights_streamed_from_the_checkpoint_give_the_same_folder(tmp_path, pre
     streamed = quantize_model(load_skeleton(path), PRESETS[preset], progress=False,
                               weights=iter_weights(path)).save(tmp_path / "b")
     assert _sha(from_model) == _sha(streamed)
+
+
+@pytest.mark.parametrize("preset,activations", [("int4-block32", None), ("int4-block32-emb4", None),
+                                                ("8da4w", None), ("int4-block32", "int8_dynamic"),
+                                                ("int4-block32-emb4", "int8_dynamic"), ("fp8", None),
+                                                ("int4-block32", "int8_block")])
+def test_the_lazy_reference_computes_the_eager_ones_logits(tiny, preset, activations):
+    """`build_model(lazy=True)` keeps the integers (the 1B's float reference does not fit beside a runtime)
+    and dequantizes per call: the same weights, so the same logits bit for bit, prefill and decode."""
+    ckpt = quantize_model(tiny, PRESETS[preset], progress=False)
+    blocks = None
+    if activations == "int8_block":
+        blocks = {name: 32 for name in ckpt.quantized}
+    eager = ckpt.build_model(64, activations=activations, activation_blocks=blocks)
+    lazy = ckpt.build_model(64, activations=activations, activation_blocks=blocks, lazy=True)
+    assert all(p.is_meta for n, p in lazy.named_parameters() if n.endswith("proj.weight"))  # no float copy held
+    tokens = torch.tensor([[2, 9, 14, 3, 77, 5, 40, 41, 8]])
+    with torch.no_grad():
+        for model in (eager, lazy):
+            model.reset_caches()
+        assert torch.equal(lazy(tokens, torch.arange(9)), eager(tokens, torch.arange(9)))
+        step = torch.tensor([[11]])
+        assert torch.equal(lazy(step, torch.tensor([9])), eager(step, torch.tensor([9])))

@@ -41,15 +41,20 @@ def main() -> None:
     ap.add_argument("--preset", nargs="+", default=["1b", "4b"], choices=["270m", "1b", "4b"])
     ap.add_argument("--recipe", default="int4-block32")
     ap.add_argument("--skip", nargs="*", default=[], help="stage names to leave out, e.g. 'export pte'")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on in an existing WORK_FOLDER: a stage whose output is there is not run again")
     args = ap.parse_args()
     for preset in args.preset:
         work = args.work / preset
-        if work.exists():
-            sys.exit(f"{work}: exists; name a new folder")
-        work.mkdir(parents=True)
+        if work.exists() and not args.resume:
+            sys.exit(f"{work}: exists; name a new folder (or --resume)")
+        work.mkdir(parents=True, exist_ok=True)
         print(f"\n### {preset} ({args.recipe})\n\n| stage | wall time | peak RSS | output |\n|---|---|---|---|", flush=True)
         for name, argv, out in stages(work, preset, args.recipe):
             if name in args.skip:
+                continue
+            if out is not None and out.exists():
+                print(f"| `gemma-edge {name}` | kept from an earlier run | | |", flush=True)
                 continue
             written = {argv[i + 1] for i, a in enumerate(argv) if a in ("--out", "--report")}
             missing = [Path(a) for a in argv if a.startswith(str(work)) and a not in written and not Path(a).exists()]

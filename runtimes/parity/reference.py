@@ -51,8 +51,9 @@ def reference_logits(model: Gemma, tokens: Sequence[int], prefill: int,
     """Logits at positions prefill-1 .. len-1: the ones a runner returns after prefill and each decode."""
     model.reset_caches()
     with torch.no_grad():
-        logits = model(torch.tensor([list(tokens)]), torch.arange(len(tokens)), image_features=image_features)
-    return logits[0, prefill - 1:].clone()  # a copy: the view would keep every position's logits alive
+        logits = model(torch.tensor([list(tokens)]), torch.arange(len(tokens)), image_features=image_features,
+                       logits_from=prefill - 1)
+    return logits[0]
 
 
 def runner_logits(runner, tokens: Sequence[int], prefill: int) -> torch.Tensor:

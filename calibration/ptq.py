@@ -79,11 +79,19 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
     for name, w in weights:
         if tied and name == LM_HEAD:  # the table's second name (float_weights), or a stray copy in a file
             continue
+        if shapes.get(name) != tuple(w.shape):
+            raise GemmaEdgeError(f"{loaded.source}: tensor {name} {list(w.shape)} is not in a model of this "
+                                 f"config.json{'' if name not in shapes else f' (which has {list(shapes[name])})'}; "
+                                 "use the config.json that came with these weights")
         for target in [EMBEDDING, LM_HEAD] if tied and name == EMBEDDING and separate_head else [name]:
             _quantize_into(target, w, recipe, stats, quantizer, quantized, floats, report)
             bar.update()
         del w
     bar.close()
+    missing = [n for n in names if n not in quantized and n not in floats and (n != LM_HEAD or separate_head)]
+    if missing:
+        raise GemmaEdgeError(f"{loaded.source}: {len(missing)} tensors missing, e.g. {missing[0]}; the checkpoint "
+                             "is incomplete")
     report.sort(key=lambda row: row["name"])
     multimodal = None
     if vision is not None:

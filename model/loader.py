@@ -87,11 +87,15 @@ def read_checkpoint(path: str | Path, progress: bool = True, dtype: torch.dtype 
         raise GemmaEdgeError(f"{path}: is a {kind.name}; open it with gemma_edge.model.load "
                              "(it has no float weights to read or convert)")
     config = GemmaConfig.from_json_file(path / "config.json")
-    state = read_state_dict(path, dtype)
+    return config, read_state_dict(path, dtype), _folder_tokenizer(path)
+
+
+def _folder_tokenizer(path: Path) -> bytes | None:
+    """tokenizer.model's bytes of a checkpoint folder, None if it has none."""
     tok = path / "tokenizer.model"
     if tok.exists() and not tok.is_file():
         raise GemmaEdgeError(f"{tok}: is a folder, not a file; copy the checkpoint's tokenizer.model here")
-    return config, state, tok.read_bytes() if tok.exists() else None
+    return tok.read_bytes() if tok.exists() else None
 
 
 def iter_weights(path: str | Path, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
@@ -109,11 +113,7 @@ def load_skeleton(path: str | Path) -> LoadedModel:
     for a stage that streams the weights (`iter_weights`) and needs the model's shapes at most."""
     path = Path(path)
     config = read_config(path)
-    if _is_gguf(path):
-        tok_bytes = read_gguf_tokenizer(path)
-    else:
-        tok = path / "tokenizer.model"
-        tok_bytes = tok.read_bytes() if tok.is_file() else None
+    tok_bytes = read_gguf_tokenizer(path) if _is_gguf(path) else _folder_tokenizer(path)
     with torch.device("meta"):
         model = Gemma(config, max_seq_len=1)
     return LoadedModel(config, model, _tokenizer(tok_bytes, path, config), path)

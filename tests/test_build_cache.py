@@ -254,3 +254,20 @@ def test_parity_reports_are_cached_by_content(store, tiny, tmp_path):
     assert store.built == ["export-onnx", "parity"]
     pipeline.parity(folder, against="float", cache=store)  # another question, another key
     assert store.built == ["export-onnx", "parity", "parity"]
+
+
+def test_a_statistics_hit_loads_no_model_and_a_large_model_calibrates_in_bfloat16(store, tiny, tmp_path, monkeypatch):
+    """The data-free statistics are sampled once per checkpoint: a second quantize takes them from the cache
+    without building the float model; above BFLOAT16_ABOVE parameters calibration runs in bfloat16."""
+    import torch
+
+    loads = []
+    real = pipeline._load_for_calibration
+    monkeypatch.setattr(pipeline, "_load_for_calibration", lambda *a: loads.append(real(*a)) or loads[-1])
+    pipeline.quantize(tiny, tmp_path / "a", "int4-block32", cache=store, progress=False)
+    pipeline.quantize(tiny, tmp_path / "b", "int4-channel", cache=store, progress=False)
+    assert len(loads) == 1 and loads[0].model.embed_tokens.weight.dtype == torch.float32
+    monkeypatch.setattr(pipeline, "BFLOAT16_ABOVE", 0)
+    pipeline.quantize(tiny, tmp_path / "c", "int4-block32", pipeline.Calibration(samples=2, seq_len=16),
+                      cache=store, progress=False)
+    assert len(loads) == 2 and loads[1].model.embed_tokens.weight.dtype == torch.bfloat16

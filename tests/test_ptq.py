@@ -340,3 +340,18 @@ def test_the_lazy_reference_computes_the_eager_ones_logits(tiny, preset, activat
         assert torch.equal(lazy(tokens, torch.arange(9)), eager(tokens, torch.arange(9)))
         step = torch.tensor([[11]])
         assert torch.equal(lazy(step, torch.tensor([9])), eager(step, torch.tensor([9])))
+
+
+def test_a_streamed_checkpoint_with_a_missing_or_misshapen_tensor_is_refused(tmp_path):
+    """The streamed path never builds the model, so it checks what the model's loading checked."""
+    from gemma_edge.model.loader import load_skeleton
+
+    path = write_tiny_checkpoint(tmp_path / "tiny", tiny_config())
+    skeleton = load_skeleton(path)
+    state = dict(load(path).model.state_dict())
+    without = [(k, v) for k, v in state.items() if k != "layers.1.mlp.up_proj.weight"]
+    with pytest.raises(GemmaEdgeError, match=r"1 tensors missing, e.g. layers.1.mlp.up_proj.weight"):
+        quantize_model(skeleton, PRESETS["int4-block32"], progress=False, weights=without)
+    bent = [(k, v[:, :32] if k == "layers.0.mlp.up_proj.weight" else v) for k, v in state.items()]
+    with pytest.raises(GemmaEdgeError, match=r"tensor layers.0.mlp.up_proj.weight \[128, 32\] is not in a model"):
+        quantize_model(skeleton, PRESETS["int4-block32"], progress=False, weights=bent)

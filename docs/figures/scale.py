@@ -6,7 +6,8 @@ Per preset, in WORK_FOLDER/<preset> (made fresh): `random-checkpoint` (the 4B mu
 tower), `quantize` (the default: data-free calibration statistics), `export onnx`, `export pte`, `parity`
 of each against its quantized reference (fidelity) and `bench` of both artifacts side by side — each a fresh
 `gemma-edge` process under `/usr/bin/time -v`, without the build cache, one after the other. Prints one
-Markdown table per preset (stage, wall time, peak RSS, output size); docs/scale.md holds them. A stage that
+Markdown table per preset (stage, wall time, peak RSS, output size; each command's own output, the bench's
+figures among them, in WORK_FOLDER/<preset>/<stage>.log); docs/scale.md holds them. A stage that
 fails is reported with its exit status and last line, and the run goes on with the stages that do not need
 its output.
 """
@@ -61,7 +62,7 @@ def main() -> None:
             if missing:
                 print(f"| `gemma-edge {name}` | not run: {missing[0].name} is missing | | |", flush=True)
                 continue
-            print(measure(name, argv, out), flush=True)
+            print(measure(name, argv, out, log=work / f"{name.replace(' ', '-')}.log"), flush=True)
 
 
 if __name__ == "__main__":

@@ -42,12 +42,15 @@ def folder_size(path: Path) -> str:
     return f"{sum(p.stat().st_size for p in files) / 2**20:,.0f} MiB"
 
 
-def measure(name: str, argv: list[str], output: Path | None = None) -> str:
-    """Run `gemma-edge ARGV` under /usr/bin/time -v; a Markdown row: stage, wall time, peak RSS, output size."""
+def measure(name: str, argv: list[str], output: Path | None = None, log: Path | None = None) -> str:
+    """Run `gemma-edge ARGV` under /usr/bin/time -v; a Markdown row: stage, wall time, peak RSS, output size.
+    `log`: where the command's own output goes (a bench's figures)."""
     cli = shutil.which("gemma-edge") or sys.exit("gemma-edge is not on PATH")
     t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-v", cli, *argv], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    if log is not None:
+        log.write_text(proc.stdout + proc.stderr)
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     status = "" if proc.returncode in (0, 1) else f" (exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1]})"
     gib = int(peak.group(1)) / 2**20 if peak else float("nan")

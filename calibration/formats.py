@@ -187,9 +187,10 @@ class IntGrid(QuantFormat):
         return QTensor(self, q.reshape(w.shape).to(dtype), scale, zero_point)
 
     def dequantize(self, q: "QTensor") -> torch.Tensor:
-        g = self.grouped(q.qdata.float())
-        zp = 0.0 if q.zero_point is None else q.zero_point.float()[..., None]
-        return ((g - zp) * q.scale[..., None]).reshape(q.shape)
+        g = self.grouped(q.qdata.float())  # a fresh tensor, scaled in place: one float copy of the weight
+        if q.zero_point is not None:
+            g.sub_(q.zero_point.float()[..., None])
+        return g.mul_(q.scale[..., None]).reshape(q.shape)
 
     def fake_quantize(self, w: torch.Tensor, scale: torch.Tensor | None,
                       zero_point: torch.Tensor | None = None) -> torch.Tensor:

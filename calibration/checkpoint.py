@@ -233,7 +233,7 @@ def record_source(folder: Path, source: Path) -> None:
     (Path(folder) / "source.json").write_text(json.dumps({"path": str(Path(source).resolve())}) + "\n")
 
 
-LAZY_ABOVE = 500_000_000  # decoder parameters above which the quantized reference dequantizes on call
+LAZY_ABOVE = 500_000_000  # quantized decoder weights (a separate head counted too) above which the reference dequantizes on call
 
 
 def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torch.dtype = torch.float32,

@@ -11,7 +11,9 @@ import torch
 from tqdm import tqdm
 
 from gemma_edge.model.errors import GemmaEdgeError
+from gemma_edge.model.hf_checkpoint import iter_state_dict
 from gemma_edge.model.loader import LoadedModel
+from gemma_edge.model.vision import VisionConfig, VisionEncoder
 
 from .checkpoint import QuantizedCheckpoint
 from .formats import IntGrid, QTensor, check_finite, mse_clip_quantize, quantize
@@ -61,8 +63,8 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
     shapes = {n: tuple(t.shape) for n, t in loaded.model.state_dict().items()}
     shapes.setdefault(LM_HEAD, shapes[EMBEDDING])
     names = sorted(shapes)
-    vision = _vision_weights(loaded.source)
-    recipe.check_overrides(names + sorted(vision or {}))
+    vision = _vision_names(loaded.source)
+    recipe.check_overrides(names + (vision or []))
     for name in names:  # a block that does not divide a width fails now, not after hours of work
         fmt = recipe.format_for(name)
         if fmt is not None and len(shapes[name]) == 2:
@@ -94,11 +96,16 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
                              "is incomplete")
     report.sort(key=lambda row: row["name"])
     multimodal = None
-    if vision is not None:
+    if vision is not None:  # streamed from the shards too, after the decoder
         rows: list[dict] = []
-        for name in tqdm(sorted(vision), desc=f"vision tower ({recipe.name})", unit="tensor", disable=not progress):
-            _quantize_into(name, vision.pop(name), recipe, None, quantize_weight, quantized, floats, rows, fallback=True)
-        report += rows
+        for name, w in tqdm(iter_state_dict(Path(loaded.source), vision=True), total=len(vision),
+                            desc=f"vision tower ({recipe.name})", unit="tensor", disable=not progress):
+            _quantize_into(name, w, recipe, None, quantize_weight, quantized, floats, rows, fallback=True)
+        missing = [n for n in vision if n not in quantized and n not in floats]
+        if missing:
+            raise GemmaEdgeError(f"{loaded.source}: {len(missing)} vision tensors missing, e.g. {missing[0]}; the "
+                                 "checkpoint is incomplete")
+        report += sorted(rows, key=lambda row: row["name"])
         multimodal = json.loads((Path(loaded.source) / "config.json").read_text())
     return QuantizedCheckpoint(config, recipe, quantized, floats,
                                loaded.tokenizer.serialized if loaded.tokenizer else None, report,
@@ -158,10 +165,15 @@ def by_rows(w: torch.Tensor, quantize_rows: Callable[[torch.Tensor], QTensor],
     return q, (err2 ** 0.5) / max(norm2 ** 0.5, 1e-12)
 
 
-def _vision_weights(source) -> dict[str, torch.Tensor] | None:
-    """The vision tower and projector of a multimodal HF folder, under their checkpoint names."""
-    from gemma_edge.model.loader import has_vision, load_vision
+def _vision_names(source) -> list[str] | None:
+    """The vision tower's and projector's tensor names of a multimodal HF folder (None for text-only)."""
+    from gemma_edge.model.loader import has_vision
 
     if source is None or not has_vision(source):
         return None
-    return {k: v.detach().float() for k, v in load_vision(source).state_dict().items()}
+    config = VisionConfig.from_hf_dict(json.loads((Path(source) / "config.json").read_text()))
+    if config is None:  # a quantized checkpoint's tower: no float weights to quantize
+        raise GemmaEdgeError(f"{source}: its vision tower is not held as an HF checkpoint's; quantize the float "
+                             "multimodal checkpoint")
+    with torch.device("meta"):
+        return sorted(VisionEncoder(config).state_dict())

@@ -112,6 +112,10 @@ def load_skeleton(path: str | Path) -> LoadedModel:
     """A checkpoint's config, tokenizer and source, its model built on the meta device (no weights read):
     for a stage that streams the weights (`iter_weights`) and needs the model's shapes at most."""
     path = Path(path)
+    kind = folder_kind(path)
+    if kind is not None:
+        raise GemmaEdgeError(f"{path}: is a {kind.name}; it has no float weights to read (pass the float "
+                             "checkpoint it came from)")
     config = read_config(path)
     tok_bytes = read_gguf_tokenizer(path) if _is_gguf(path) else _folder_tokenizer(path)
     with torch.device("meta"):

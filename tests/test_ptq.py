@@ -355,3 +355,14 @@ def test_a_streamed_checkpoint_with_a_missing_or_misshapen_tensor_is_refused(tmp
     bent = [(k, v[:, :32] if k == "layers.0.mlp.up_proj.weight" else v) for k, v in state.items()]
     with pytest.raises(GemmaEdgeError, match=r"tensor layers.0.mlp.up_proj.weight \[128, 32\] is not in a model"):
         quantize_model(skeleton, PRESETS["int4-block32"], progress=False, weights=bent)
+
+
+def test_quantize_refuses_a_quantized_checkpoint_before_any_work(tiny, tmp_path):
+    from gemma_edge.model.loader import load_skeleton
+    from gemma_edge.pipeline.build import quantize
+
+    q = quantize_model(tiny, PRESETS["int4-block32"], progress=False).save(tmp_path / "q")
+    with pytest.raises(GemmaEdgeError, match=r"q: is a quantized checkpoint; it has no float weights"):
+        load_skeleton(q)
+    with pytest.raises(GemmaEdgeError, match=r"no float weights"):
+        quantize(q, tmp_path / "again", "int4-block32", cache=False, progress=False)

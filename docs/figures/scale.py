@@ -1,6 +1,6 @@
 """The scale run of issue 21: Gemma 3 1B and 4B (random weights at the released shapes) through every stage.
 
-Run: python docs/figures/scale.py WORK_FOLDER [--preset 1b 4b] [--recipe int4-block32] [--skip STAGE ...]
+Run: python docs/figures/scale.py WORK_FOLDER [--preset 1b 4b] [--recipe int4-block32] [--skip STAGE ...] [--resume]
 
 Per preset, in WORK_FOLDER/<preset> (made fresh): `random-checkpoint` (the 4B multimodal, with its SigLIP
 tower), `quantize` (the default: data-free calibration statistics), `export onnx`, `export pte`, `parity`

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.hf_checkpoint import iter_state_dict
 from gemma_edge.model.loader import LoadedModel
-from gemma_edge.model.vision import VisionConfig, VisionEncoder
+from gemma_edge.model.vision import VisionConfig, vision_shapes
 
 from .checkpoint import QuantizedCheckpoint
 from .formats import IntGrid, QTensor, check_finite, mse_clip_quantize, quantize
@@ -90,10 +90,7 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
             bar.update()
         del w
     bar.close()
-    missing = [n for n in names if n not in quantized and n not in floats and (n != LM_HEAD or separate_head)]
-    if missing:
-        raise GemmaEdgeError(f"{loaded.source}: {len(missing)} tensors missing, e.g. {missing[0]}; the checkpoint "
-                             "is incomplete")
+    _check_complete([n for n in names if n != LM_HEAD or separate_head], quantized, floats, loaded.source)
     report.sort(key=lambda row: row["name"])
     multimodal = None
     if vision is not None:  # streamed from the shards too, after the decoder
@@ -101,16 +98,21 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
         for name, w in tqdm(iter_state_dict(Path(loaded.source), vision=True), total=len(vision),
                             desc=f"vision tower ({recipe.name})", unit="tensor", disable=not progress):
             _quantize_into(name, w, recipe, None, quantize_weight, quantized, floats, rows, fallback=True)
-        missing = [n for n in vision if n not in quantized and n not in floats]
-        if missing:
-            raise GemmaEdgeError(f"{loaded.source}: {len(missing)} vision tensors missing, e.g. {missing[0]}; the "
-                                 "checkpoint is incomplete")
+        _check_complete(vision, quantized, floats, loaded.source)
         report += sorted(rows, key=lambda row: row["name"])
         multimodal = json.loads((Path(loaded.source) / "config.json").read_text())
     return QuantizedCheckpoint(config, recipe, quantized, floats,
                                loaded.tokenizer.serialized if loaded.tokenizer else None, report,
                                str(Path(loaded.source).resolve()) if loaded.source else None,
                                multimodal_config=multimodal)
+
+
+def _check_complete(expected: list[str], quantized: dict, floats: dict, source) -> None:
+    """A streamed checkpoint is never loaded into a model, which would have named a missing tensor."""
+    missing = [n for n in expected if n not in quantized and n not in floats]
+    if missing:
+        raise GemmaEdgeError(f"{source}: {len(missing)} tensors missing, e.g. {missing[0]}; the checkpoint "
+                             "is incomplete")
 
 
 def _quantize_into(name: str, w: torch.Tensor, recipe: QuantRecipe, stats: CalibrationStats | None,
@@ -171,9 +173,8 @@ def _vision_names(source) -> list[str] | None:
 
     if source is None or not has_vision(source):
         return None
-    config = VisionConfig.from_hf_dict(json.loads((Path(source) / "config.json").read_text()))
-    if config is None:  # a quantized checkpoint's tower: no float weights to quantize
+    multimodal = json.loads((Path(source) / "config.json").read_text())
+    if VisionConfig.from_hf_dict(multimodal) is None:  # a quantized checkpoint's tower: no float weights
         raise GemmaEdgeError(f"{source}: its vision tower is not held as an HF checkpoint's; quantize the float "
                              "multimodal checkpoint")
-    with torch.device("meta"):
-        return sorted(VisionEncoder(config).state_dict())
+    return sorted(vision_shapes(multimodal))

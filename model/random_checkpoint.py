@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .atomic import atomic_dir
 from .config import PRESETS, GemmaConfig
 from .gemma import Gemma
-from .vision import VisionConfig, VisionEncoder
+from .vision import vision_shapes
 from .hf_checkpoint import hub_name, save_safetensors, write_hf_metadata
 
 SHARD_BYTES = 2 * 2**30  # bf16 bytes per shard: the writer holds one shard in memory
@@ -55,13 +55,6 @@ def multimodal_config(config: GemmaConfig, vision: dict, tokens: dict = MULTIMOD
     text = {k: v for k, v in config.to_hf_dict().items() if k != "architectures"}
     return {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "text_config":
             {**text, "model_type": "gemma3_text"}, "vision_config": vision, **tokens}
-
-
-def vision_shapes(multimodal: dict) -> dict[str, tuple[int, ...]]:
-    """The vision tower's and projector's tensor names (ours) and shapes, from the meta device."""
-    with torch.device("meta"):
-        encoder = VisionEncoder(VisionConfig.from_hf_dict(multimodal))
-    return {name: tuple(t.shape) for name, t in sorted(encoder.state_dict().items())}
 
 
 def weight_mean_std(name: str, shape: tuple[int, ...]) -> tuple[float, float]:

@@ -201,3 +201,11 @@ class VisionEncoder(nn.Module):
             raise GemmaEdgeError(f"pixel values of shape {list(pixels.shape)}; the vision tower takes "
                                  f"[N, {c.num_channels}, {c.image_size}, {c.image_size}] (see image_processing.preprocess)")
         return self.multi_modal_projector(self.vision_tower(pixels))
+
+
+def vision_shapes(multimodal: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The tower's and projector's tensor names (ours) and shapes for a multimodal config.json, from the meta
+    device (no memory): what a checkpoint writer draws and what quantize expects to read."""
+    with torch.device("meta"):
+        encoder = VisionEncoder(VisionConfig.from_hf_dict(multimodal))
+    return {name: tuple(t.shape) for name, t in sorted(encoder.state_dict().items())}

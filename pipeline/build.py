@@ -123,7 +123,7 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
 
         skeleton = load_skeleton(source)  # the float model is loaded only to compute statistics, then freed
         gptq = recipe.rounding == "gptq"
-        stats = (_stats(source, calibration, cache, progress, hessians=gptq) if recipe.clip == "mse" or gptq
+        stats = (_stats(skeleton, calibration, cache, progress, hessians=gptq) if recipe.clip == "mse" or gptq
                  else None)
         quantize_model(skeleton, recipe, stats, progress=progress, weights=iter_weights(source)).save(
             folder, overwrite=ow)
@@ -136,21 +136,20 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
 BFLOAT16_ABOVE = 2_000_000_000  # parameters above which calibration runs the model in bfloat16
 
 
-def _load_for_calibration(source: Path, seq_len: int):
-    """The float model calibration runs: float32, or bfloat16 for a model above BFLOAT16_ABOVE parameters
-    (the 4B's float32 decoder is 15.5 GB; this CPU computes bf16 matmuls natively)."""
+def _load_for_calibration(skeleton, seq_len: int):
+    """The float model calibration runs (`skeleton`: `load_skeleton` of the checkpoint): float32, or bfloat16
+    for a model above BFLOAT16_ABOVE parameters (the 4B's float32 decoder is 15.5 GB; this CPU computes bf16
+    matmuls natively)."""
     from gemma_edge.model import load
-    from gemma_edge.model.loader import load_skeleton
 
-    skeleton = load_skeleton(source)
     if skeleton.tokenizer is None:
-        raise GemmaEdgeError(f"{source}: no tokenizer.model; calibration needs the tokenizer")
+        raise GemmaEdgeError(f"{skeleton.source}: no tokenizer.model; calibration needs the tokenizer")
     params = sum(t.numel() for t in skeleton.model.parameters())
     dtype = torch.bfloat16 if params > BFLOAT16_ABOVE else torch.float32
-    return load(source, max_seq_len=seq_len, dtype=dtype, progress=False)
+    return load(skeleton.source, max_seq_len=seq_len, dtype=dtype, progress=False)
 
 
-def _stats(source: Path, calibration: Calibration, cache: BuildCache | bool, progress: bool, hessians: bool = False):
+def _stats(skeleton, calibration: Calibration, cache: BuildCache | bool, progress: bool, hessians: bool = False):
     """The calibration statistics of the weighted clip search (None without any), with GPTQ's Hessians
     attached when `hessians`: they need the calibration sequences themselves, which the data-free cache
     entry keeps beside the statistics. The float model is loaded only when they are computed here."""
@@ -168,7 +167,7 @@ def _stats(source: Path, calibration: Calibration, cache: BuildCache | bool, pro
 
     def model():
         nonlocal loaded
-        loaded = loaded or _load_for_calibration(source, calibration.seq_len)
+        loaded = loaded or _load_for_calibration(skeleton, calibration.seq_len)
         return loaded
 
     if calibration.texts:
@@ -176,7 +175,7 @@ def _stats(source: Path, calibration: Calibration, cache: BuildCache | bool, pro
                                     calibration.samples)
         stats = collect_stats(model().model, sequences, progress=progress)
     else:
-        stats, sequences = _sampled_stats(source, model, calibration, cache, progress)
+        stats, sequences = _sampled_stats(skeleton.source, model, calibration, cache, progress)
     if hessians:
         stats.hessians = collect_hessians(model().model, sequences, progress)
     return stats

@@ -135,11 +135,19 @@ class RotateHalfByMatmul(nn.Module):
         return F.linear(x, self.weight)
 
 
+def _copy_sharing_tensors(module: nn.Module) -> nn.Module:
+    """A copy of `module`'s structure whose parameters and buffers are the original's tensors: the swaps
+    below replace modules, never a weight in place, and a copy of the weights (1 GB of integers at 1B)
+    would only add to the export's peak."""
+    shared = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, shared)
+
+
 def on_et_caches(model: Gemma) -> tuple[Gemma, RingMask]:
     """A copy of `model` whose caches run on ExecuTorch's fused ops, spelled so that XNNPACK takes all of a
     layer between two attention calls (activation, norms, RoPE rotation); the ring mask its sliding layers
     share."""
-    model = copy.deepcopy(model)
+    model = _copy_sharing_tensors(model)
     c = model.config
     ring = RingMask(c.sliding_window)
     swap_modules(model, lambda name, module: LinearMeanRMSNorm(module) if type(module) is RMSNorm else None)
@@ -200,7 +208,7 @@ class PteVisionEncoder(nn.Module):
 
     def __init__(self, encoder: VisionEncoder):
         super().__init__()
-        self.encoder = copy.deepcopy(encoder)
+        self.encoder = _copy_sharing_tensors(encoder)
         for layer in self.encoder.vision_tower.encoder.layers:
             layer.mlp.act = gelu_tanh_explicit
 
@@ -317,22 +325,25 @@ def _write_program(program, path: Path) -> None:
         program.write_to_file(f)
 
 
-def pte_model(source: Path, max_seq_len: int) -> tuple[Gemma, Tokenizer]:
-    """The module to lower: float reference, or the integer modules of a QuantizedCheckpoint."""
+def pte_model(source: Path, max_seq_len: int, vision: bool) -> tuple[Gemma, VisionEncoder | None, Tokenizer]:
+    """The modules to lower, from one read of `source`: the float reference, or the integer modules of a
+    QuantizedCheckpoint; with `vision`, the tower too."""
     from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint
     from gemma_edge.model import load
+    from gemma_edge.model.loader import load_vision
 
     if is_quantized_checkpoint(source):
-        from .xnnpack_quant import quantized_pte_model
+        from .xnnpack_quant import quantized_pte_model, quantized_pte_vision
 
         ckpt = QuantizedCheckpoint.load(source)
         if ckpt.tokenizer_model is None:
             raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
-        return quantized_pte_model(ckpt, max_seq_len), Tokenizer(ckpt.tokenizer_model, bos_id=ckpt.config.bos_token_id)
+        return (quantized_pte_model(ckpt, max_seq_len), quantized_pte_vision(ckpt) if vision else None,
+                Tokenizer(ckpt.tokenizer_model, bos_id=ckpt.config.bos_token_id))
     loaded = load(source, max_seq_len=max_seq_len)
     if loaded.tokenizer is None:
         raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
-    return loaded.model, loaded.tokenizer
+    return loaded.model, load_vision(source) if vision else None, loaded.tokenizer
 
 
 def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False,
@@ -341,21 +352,11 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
     gives the three methods of ExecuTorch's MultimodalRunner unless `text_only`."""
     from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
     from gemma_edge.model.image_processing import settings_for
-    from gemma_edge.model.loader import has_vision, load_vision
+    from gemma_edge.model.loader import has_vision
 
     source = Path(source)
     check_output_path(out, [source], overwrite)
-    model, tokenizer = pte_model(source, max_seq_len)
-    vision = None
-    if not text_only and has_vision(source):
-        if is_quantized_checkpoint(source):
-            from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
-
-            from .xnnpack_quant import quantized_pte_vision
-
-            vision = quantized_pte_vision(QuantizedCheckpoint.load(source))
-        else:
-            vision = load_vision(source)
+    model, vision, tokenizer = pte_model(source, max_seq_len, vision=not text_only and has_vision(source))
     program = lower_to_pte(model, tokenizer.stop_ids, vision=vision)
     metadata = runner_metadata(model, tokenizer.stop_ids)
     if vision is not None:  # what a runner needs to preprocess images and build the prompt

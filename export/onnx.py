@@ -29,6 +29,7 @@ from gemma_edge.model import GemmaConfig, GemmaEdgeError, Tokenizer
 from gemma_edge.model.atomic import check_output_path
 from gemma_edge.model.gemma import rope_cos_sin, rope_inv_freq
 from gemma_edge.model.hf_tokenizer import write_hf_tokenizer
+from gemma_edge.model.vision import VisionConfig
 
 from gemma_edge.calibration.recipe import EMBEDDING, LM_HEAD, PRESETS
 
@@ -62,19 +63,32 @@ class Weights:
     # weight's block there (the tied head under the embedding's name): the manifest's "activation_blocks".
     int8_activations: bool = False
     nbits_blocks: dict[str, int] = field(default_factory=dict)
+    # A multimodal source: the SigLIP tower's config; its tensors are in floats / quantized under
+    # `vision.VisionEncoder`'s names (no float encoder is built: the graphs read the tensors as stored).
+    vision: VisionConfig | None = None
 
 
-def read_weights(source: Path) -> Weights:
-    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint
+def read_weights(source: Path, vision: bool = False) -> Weights:
+    """Every tensor the graphs read, once: a QuantizedCheckpoint's integers as they are, or an HF folder's
+    floats; with `vision`, the tower's too (a text-only export drops them)."""
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint, is_vision
     from gemma_edge.model import read_checkpoint
+    from gemma_edge.model.hf_checkpoint import read_state_dict
 
     if is_quantized_checkpoint(source):
         ckpt = QuantizedCheckpoint.load(source)
         tok = Tokenizer(ckpt.tokenizer_model, bos_id=ckpt.config.bos_token_id) if ckpt.tokenizer_model else None
-        return Weights(ckpt.config, dict(ckpt.floats), dict(ckpt.quantized), tok, ckpt.recipe.activations)
+        keep = (lambda name: True) if vision else (lambda name: not is_vision(name))
+        return Weights(ckpt.config, {k: v for k, v in ckpt.floats.items() if keep(k)},
+                       {k: q for k, q in ckpt.quantized.items() if keep(k)}, tok, ckpt.recipe.activations,
+                       vision=VisionConfig.from_hf_dict(ckpt.multimodal_config or {}) if vision else None)
     config, state, tok_bytes = read_checkpoint(source, progress=False)
-    return Weights(config, {k: v.float() for k, v in state.items()}, {},
-                   Tokenizer(tok_bytes, bos_id=config.bos_token_id) if tok_bytes else None)
+    w = Weights(config, {k: v.float() for k, v in state.items()}, {},
+                Tokenizer(tok_bytes, bos_id=config.bos_token_id) if tok_bytes else None)
+    if vision:
+        w.floats.update(read_state_dict(source, torch.float32, vision=True))
+        w.vision = VisionConfig.from_hf_dict(json.loads((source / "config.json").read_text()))
+    return w
 
 
 def _numpy(t: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -391,13 +405,14 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     import onnx
 
     from gemma_edge.model.image_processing import settings_for
-    from gemma_edge.model.loader import has_vision, load_vision
+    from gemma_edge.model.loader import has_vision
 
     from .onnx_vision import build_embedding_graph, build_vision_graph
 
     source = Path(source)
     check_output_path(out, [source], overwrite)
-    w = read_weights(source)
+    w = read_weights(source, vision=not text_only and has_vision(source))
+    vision = w.vision
     if w.activations != "none":
         weight_only = ", ".join(name for name, r in PRESETS.items() if r.activations == "none")
         raise GemmaEdgeError(f"{source}: recipe quantizes activations ({w.activations}); ONNX export takes "
@@ -409,7 +424,6 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     if max_seq_len > w.config.max_position_embeddings:
         raise GemmaEdgeError(f"--max-seq-len {max_seq_len} exceeds the model's context of "
                              f"{w.config.max_position_embeddings}")
-    vision = load_vision(source) if not text_only and has_vision(source) else None
     if windowed_kv and (vision is not None or max_seq_len <= window_cache(w.config)):
         raise GemmaEdgeError(f"--windowed-kv needs a text-only export with --max-seq-len above "
                              f"{window_cache(w.config)} (the sliding window + {WINDOW_SLACK}); "
@@ -418,10 +432,10 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
     metadata = {"max_seq_len": max_seq_len, "external_data": EXTERNAL_DATA,
                 "eos_ids": list(w.tokenizer.stop_ids), "bos_id": w.tokenizer.bos_id}
     if vision is not None:
-        models["vision.onnx"] = build_vision_graph(w, vision)
-        models["embedding.onnx"] = build_embedding_graph(w, vision.config.image_token_id)
-        settings = settings_for(source, vision.config.image_size)
-        metadata["vision"] = vision_metadata(vision.config, settings)
+        models["vision.onnx"] = build_vision_graph(w)
+        models["embedding.onnx"] = build_embedding_graph(w, vision.image_token_id)
+        settings = settings_for(source, vision.image_size)
+        metadata["vision"] = vision_metadata(vision, settings)
     if int8_activations:
         if not w.nbits_blocks:
             raise GemmaEdgeError(f"{source}: no weight runs on MatMulNBits (int4, or int8 per block), so "
@@ -433,8 +447,7 @@ def export_onnx(source: str | Path, out: str | Path, max_seq_len: int = 2048, ov
             ir.save(model, folder / name, external_data=name + ".data")
             onnx.checker.check_model(str(folder / name), full_check=False)
         _write_json(folder / "genai_config.json",
-                    genai_config(w.config, w.tokenizer, max_seq_len, vision.config if vision else None,
-                                 windowed_kv))
+                    genai_config(w.config, w.tokenizer, max_seq_len, vision, windowed_kv))
         if vision is not None:
             _write_json(folder / "processor_config.json", processor_config(settings))
         write_hf_tokenizer(w.tokenizer, folder, max_seq_len)

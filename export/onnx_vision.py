@@ -12,24 +12,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from gemma_edge.model.vision import VisionEncoder
-
 from .onnx import GraphBuilder, Weights
 
 
-def vision_weights(w: Weights, encoder: VisionEncoder) -> Weights:
-    """The vision tower and projector under their module names, beside the text config: the encoder's float
-    tensors, and a quantized checkpoint's integers where it has them (MatMulNBits / DequantizeLinear)."""
-    from gemma_edge.calibration.checkpoint import is_vision
-
-    return Weights(w.config, {k: v.detach().float() for k, v in encoder.state_dict().items()},
-                   {k: q for k, q in w.quantized.items() if is_vision(k)},
-                   int8_activations=w.int8_activations, nbits_blocks=w.nbits_blocks)  # one record for all graphs
-
-
-def build_vision_graph(w: Weights, encoder: VisionEncoder) -> ir.Model:
-    """`pixel_values` [N, 3, S, S] (preprocessed) -> `image_features` [N * tokens, hidden + 1], flag 1."""
-    vc, b = encoder.config, GraphBuilder(vision_weights(w, encoder))
+def build_vision_graph(w: Weights) -> ir.Model:
+    """`pixel_values` [N, 3, S, S] (preprocessed) -> `image_features` [N * tokens, hidden + 1], flag 1: the
+    tower's tensors as `w` holds them (a quantized checkpoint's integers on MatMulNBits / DequantizeLinear)."""
+    vc, b = w.vision, GraphBuilder(w)
     f32 = ir.DataType.FLOAT
     pixels = ir.Value(name="pixel_values", type=ir.TensorType(f32),
                       shape=ir.Shape(["num_images", vc.num_channels, vc.image_size, vc.image_size]))

@@ -127,6 +127,13 @@ def test_int4_packing_round_trip(signed):
     assert torch.equal(unpack_int4(packed, signed), q)
 
 
+def test_int4_packing_layout_by_hand():
+    """Low nibble first, signed values offset by 8: (-8, 7) -> 0 | 15 << 4, (0, -1) -> 8 | 7 << 4."""
+    packed = pack_int4(torch.tensor([[-8, 7, 0, -1]], dtype=torch.int8), signed=True)
+    assert packed.tolist() == [[0xF0, 0x78]]
+    assert unpack_int4(torch.tensor([[0x0F, 0x21]], dtype=torch.uint8), signed=False).tolist() == [[15, 0, 1, 2]]
+
+
 # gemma.cpp compression/sfp_test.cc, TestGolden: (input, decoded output)
 SFP8_GOLDEN = [(0.46875, 0.46875), (0.9375, 0.9375), (0.484375, 0.5), (0.96875, 1.0), (0.28125, 0.28125),
                (0.5625, 0.5625), (0.296875, 0.3125), (0.59375, 0.625), (0.279296875, 0.28125),

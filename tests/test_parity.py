@@ -8,9 +8,9 @@ import torch
 from gemma_edge.calibration.checkpoint import DynamicInt8Linear
 from gemma_edge.calibration.ptq import quantize_model
 from gemma_edge.calibration.recipe import PRESETS
-from gemma_edge.model import GemmaEdgeError, ReferenceRunner, load
+from gemma_edge.model import GemmaEdgeError, ReferenceRunner, generate, load
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
-from gemma_edge.runtimes.parity import (first_divergence, noise_floor, nudged, reference_for, reference_logits,
+from gemma_edge.runtimes.parity import (first_divergence, greedy_agreement, noise_floor, nudged, reference_for, reference_logits,
                                         runner_logits, top1_agreement)
 
 
@@ -29,6 +29,19 @@ def test_runner_logits_equal_reference_logits_for_the_reference_itself(tiny):
     assert a.shape == (len(tokens) - 19, loaded.config.vocab_size)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert top1_agreement(a, b) == 1.0
+
+
+def test_greedy_agreement_is_token_by_token_greedy_decoding(tiny):
+    """The one-forward check against the reference's own greedy decode, one token per call."""
+    _, _, loaded = tiny
+    model, prompt = loaded.model, list(range(3, 20))
+    own = generate(ReferenceRunner(model), prompt, 12)
+    assert greedy_agreement(model, prompt, own) == len(own) == 12
+    for k in (0, 5, 11):  # the artifact leaves the reference's path at token k
+        other = [*own[:k], (own[k] + 1) % loaded.config.vocab_size, *own[k + 1:]]
+        assert greedy_agreement(model, prompt, other) == k
+    stopped = generate(ReferenceRunner(model), prompt, 12, stop_ids=(own[4],))  # ends early at a stop token
+    assert greedy_agreement(model, prompt, stopped) == len(stopped) <= 5
 
 
 def test_nudge_is_tiny_and_undone(tiny):

@@ -10,16 +10,16 @@ from pathlib import Path
 import torch
 
 from gemma_edge.export.manifest import read_manifest, verify_artifact
-from gemma_edge.model import ReferenceRunner, generate, load
+from gemma_edge.model import generate, load
 from gemma_edge.model.digest import content_digest
 from gemma_edge.model.errors import GemmaEdgeError
 
 from .. import artifact_vision
 from ..backends import backend_of
-from .metrics import same_continuation, first_divergence, floor_tolerance, logit_metrics
+from .metrics import floor_tolerance, logit_metrics, same_continuation
 from .prompts import colour_bar_card, default_prompts, describe_images, image_prompt_for
-from .reference import (activation_numerics, noise_floor, reference_for, reference_logits, reference_path,
-                        reference_vision_encoder, runner_logits)
+from .reference import (activation_numerics, greedy_agreement, noise_floor, reference_for, reference_logits,
+                        reference_path, reference_vision_encoder, runner_logits)
 from .report import MIN_LOSS_POSITIONS, ParityReport, PromptResult
 
 
@@ -106,10 +106,10 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
         try:
             result.metrics = logit_metrics(ref, runner_logits(runner, ids, prefill), ids[prefill:])
             if result.metrics["finite"]:
-                expected = generate(ReferenceRunner(model, features), ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
                 ours = generate(runner, ids, GREEDY_TOKENS, stop_ids=tokenizer.stop_ids)
+                agreed = greedy_agreement(model, ids, ours, features)
                 # equal continuations (both may stop early at <eos>) count as the full budget
-                result.greedy_tokens = GREEDY_TOKENS if expected == ours else first_divergence(expected, ours)
+                result.greedy_tokens = GREEDY_TOKENS if agreed == len(ours) else agreed
                 continuations.append((result, ids, pixels, ours))
                 if limits.get("top1_below_noise_floor_max") is not None:  # chaotic: judged by its own floor
                     result.noise_floor = noise_floor(model, ids, prefill, base=ref, image_features=features)

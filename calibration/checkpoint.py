@@ -10,6 +10,7 @@ architecture with dequantized weights and, for 8da4w, simulated per-token int8 a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +23,13 @@ from gemma_edge.model.atomic import atomic_dir
 from gemma_edge.model.config import GemmaConfig
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
-from gemma_edge.model.hf_checkpoint import load_weights, materialize, save_safetensors
+from gemma_edge.model.hf_checkpoint import load_weights, materialize, read_safetensors, save_safetensors
 from gemma_edge.model.loader import FolderKind, LoadedModel
 from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionConfig, VisionEncoder
 
-from .formats import QTensor, QuantFormat
+from .formats import QTensor, QuantFormat, StoredQTensor
 from .recipe import EMBEDDING, LM_HEAD, VISION_PREFIXES, QuantRecipe
 
 FORMAT_TAG = "gemma-edge-quantized-v1"
@@ -47,7 +48,7 @@ def is_quantized_checkpoint(path: Path) -> bool:
 class QuantizedCheckpoint:
     config: GemmaConfig
     recipe: QuantRecipe
-    quantized: dict[str, QTensor]
+    quantized: dict[str, QTensor]  # StoredQTensor values when loaded with unpack=False (read-only use)
     floats: dict[str, torch.Tensor]
     tokenizer_model: bytes | None = None
     report: list[dict] = field(default_factory=list)
@@ -153,7 +154,9 @@ class QuantizedCheckpoint:
         return Path(out)
 
     @classmethod
-    def load(cls, path: str | Path) -> "QuantizedCheckpoint":
+    def load(cls, path: str | Path, unpack: bool = True) -> "QuantizedCheckpoint":
+        """`unpack=False`: the quantized weights as `StoredQTensor`s (int4 two per byte), for a reader that
+        unpacks rows as it goes (`load_quantized`'s reference); such a checkpoint is not saved again."""
         path = Path(path)
         config = GemmaConfig.from_json_file(path / "config.json")
         recipe = QuantRecipe.load(path / "recipe.json")
@@ -161,23 +164,26 @@ class QuantizedCheckpoint:
         try:
             with safe_open(str(weights), framework="pt") as f:
                 meta = json.loads((f.metadata() or {}).get("gemma_edge", "{}"))
-                if meta.get("format") != FORMAT_TAG:
-                    raise GemmaEdgeError(f"{weights}: not a gemma-edge quantized checkpoint "
-                                         f"(format {meta.get('format')!r}); make one with gemma-edge quantize")
-                formats = meta["quantized"]
-                names = set(f.keys())
-                quantized = {}
-                for name, fmt_name in formats.items():
-                    fmt = QuantFormat.parse(fmt_name)
-                    data = fmt.unpack(f.get_tensor(f"{name}.qdata"))
-                    scale = f.get_tensor(f"{name}.scale").float() if f"{name}.scale" in names else None
-                    zp = f.get_tensor(f"{name}.zero_point") if f"{name}.zero_point" in names else None
-                    quantized[name] = QTensor(fmt, data, scale, zp)
-                done = {f"{n}.{part}" for n in formats for part in ("qdata", "scale", "zero_point")}
-                floats = {k: f.get_tensor(k) for k in sorted(names - done)}
+            if meta.get("format") != FORMAT_TAG:
+                raise GemmaEdgeError(f"{weights}: not a gemma-edge quantized checkpoint "
+                                     f"(format {meta.get('format')!r}); make one with gemma-edge quantize")
+            formats = {name: QuantFormat.parse(f) for name, f in meta["quantized"].items()}
+            parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in formats}
+            floats = {}
+            for key, tensor in read_safetensors(weights, lambda key: True):  # plain reads: no memory map held
+                name, _, part = key.rpartition(".")
+                if name in formats and part in ("qdata", "scale", "zero_point"):
+                    fmt = formats[name]
+                    parts[name][part] = (tensor.float() if part == "scale" else
+                                         fmt.unpack(tensor) if part == "qdata" and unpack else tensor)
+                else:
+                    floats[key] = tensor
+            quantized = {name: (QTensor if unpack else StoredQTensor)(
+                formats[name], p["qdata"], p.get("scale"), p.get("zero_point")) for name, p in parts.items()}
+            floats = dict(sorted(floats.items()))
         except FileNotFoundError:
             raise GemmaEdgeError(f"{weights}: missing; the quantized checkpoint is incomplete") from None
-        except SafetensorError as e:
+        except (SafetensorError, ValueError, KeyError) as e:
             raise GemmaEdgeError(f"{weights}: truncated or corrupt ({e}); quantize again") from None
         tok = path / "tokenizer.model"
         report_file = path / "quant_report.json"
@@ -192,17 +198,22 @@ class QuantizedCheckpoint:
                    provenance, multimodal)
 
 
+LAZY_ROWS = 16384  # rows of a lazily dequantized weight applied at a time (the 262,144-row head: 1.2 GB of floats at 1B)
+
+
 def dequantize_on_call(model: nn.Module, quantized: dict[str, QTensor], dtype: torch.dtype) -> None:
     """Each module whose weight is in `quantized` (by `NAME.weight`) holds a meta placeholder; a linear's
-    weight is dequantized just before each call and dropped after it, an embedding gathers the integer rows
-    it needs and dequantizes those (every format's scales are per row, so the values are the full
-    dequantization's)."""
+    weight is dequantized just before each call and dropped after it (one of more than LAZY_ROWS rows, the
+    LM head, LAZY_ROWS rows at a time), an embedding gathers the integer rows it needs and dequantizes
+    those (every format's scales are per row, so the values are the full dequantization's)."""
     for name, module in list(model.named_modules()):
         q = quantized.get(f"{name}.weight")
         if q is None:
             continue
         if isinstance(module, nn.Embedding):
             model.set_submodule(name, RowDequantizedEmbedding(q, dtype))
+        elif isinstance(module, nn.Linear) and module.bias is None and q.shape[0] > LAZY_ROWS:
+            model.set_submodule(name, RowChunkedLinear(module, q, dtype))
         elif isinstance(module, nn.Linear):
             placeholder = module.weight
             module.register_forward_pre_hook(
@@ -210,6 +221,26 @@ def dequantize_on_call(model: nn.Module, quantized: dict[str, QTensor], dtype: t
                                                                                      requires_grad=False)))
             module.register_forward_hook(
                 lambda m, args, out, p=placeholder: m._parameters.__setitem__("weight", p))
+
+
+class RowChunkedLinear(nn.Module):
+    """A bias-free linear over a quantized weight of many rows (the LM head), applied LAZY_ROWS output rows
+    at a time by the wrapped module itself (its activation numerics included). Each output is the same dot
+    product as in one call; BLAS may sum it in another order for another number of rows, so the logits
+    agree to float rounding (bit for bit at the 1B's and 4B's head shapes on this host)."""
+
+    def __init__(self, linear: nn.Linear, q: QTensor, dtype: torch.dtype):
+        super().__init__()
+        self.linear, self.q, self.dtype = linear, q, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        placeholder, outs = self.linear.weight, []
+        for start in range(0, self.q.shape[0], LAZY_ROWS):
+            w = self.q.rows(slice(start, start + LAZY_ROWS)).dequantize().to(self.dtype)
+            self.linear._parameters["weight"] = nn.Parameter(w, requires_grad=False)
+            outs.append(self.linear(x))
+        self.linear._parameters["weight"] = placeholder
+        return torch.cat(outs, dim=-1)
 
 
 class RowDequantizedEmbedding(nn.Module):
@@ -221,9 +252,7 @@ class RowDequantizedEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = q.shape
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        pick = lambda t: None if t is None else t[flat]  # noqa: E731
-        rows = QTensor(self.q.fmt, self.q.qdata[flat], pick(self.q.scale), pick(self.q.zero_point))
+        rows = self.q.rows(ids.reshape(-1))
         return rows.dequantize().to(self.dtype).reshape(*ids.shape, self.embedding_dim)
 
 
@@ -241,14 +270,15 @@ def load_quantized(path: str | Path, max_seq_len: int | None = None, dtype: torc
                    lazy: bool | None = None) -> LoadedModel:
     """`gemma_edge.model.load` for a quantized checkpoint: the quantized reference model
     (`activations`, `activation_blocks`, `lazy` as in `QuantizedCheckpoint.build_model`; by default lazy
-    above LAZY_ABOVE parameters: the 1B's float reference is 5 GB, its integers 1.3)."""
+    above LAZY_ABOVE parameters: the 1B's float reference is 5 GB, its integers 1.3, 0.7 as stored).
+    The integers stay as stored (int4 two per byte) and are unpacked as each weight is dequantized."""
     path = Path(path)
-    ckpt = QuantizedCheckpoint.load(path)
+    ckpt = QuantizedCheckpoint.load(path, unpack=False)
     seq = max_seq_len or min(4096, ckpt.config.max_position_embeddings)
     tok = (Tokenizer(ckpt.tokenizer_model, str(path / "tokenizer.model"), ckpt.config.bos_token_id)
            if ckpt.tokenizer_model else None)
     if lazy is None:
-        lazy = sum(q.qdata.numel() for k, q in ckpt.quantized.items() if not is_vision(k)) > LAZY_ABOVE
+        lazy = sum(math.prod(q.shape) for k, q in ckpt.quantized.items() if not is_vision(k)) > LAZY_ABOVE
     return LoadedModel(ckpt.config, ckpt.build_model(seq, dtype, activations, activation_blocks, lazy), tok, path)
 
 
@@ -261,7 +291,7 @@ def _has_vision(path: Path) -> bool:
 
 
 def _load_vision(path: Path, dtype: torch.dtype = torch.float32, activations: str | None = None) -> VisionEncoder:
-    return QuantizedCheckpoint.load(path).build_vision(dtype, activations)
+    return QuantizedCheckpoint.load(path, unpack=False).build_vision(dtype, activations)
 
 
 # How `gemma_edge.model.load` opens these folders (the "gemma_edge.folders" entry point in pyproject.toml).

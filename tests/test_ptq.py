@@ -323,23 +323,63 @@ def test_weights_streamed_from_the_checkpoint_give_the_same_folder(tmp_path, pre
                                                 ("8da4w", None), ("int4-block32", "int8_dynamic"),
                                                 ("int4-block32-emb4", "int8_dynamic"), ("fp8", None),
                                                 ("int4-block32", "int8_block")])
-def test_the_lazy_reference_computes_the_eager_ones_logits(tiny, preset, activations):
+@pytest.mark.parametrize("head_rows", [None, 64])
+def test_the_lazy_reference_computes_the_eager_ones_logits(tiny, preset, activations, head_rows, monkeypatch):
     """`build_model(lazy=True)` keeps the integers (the 1B's float reference does not fit beside a runtime)
-    and dequantizes per call: the same weights, so the same logits bit for bit, prefill and decode."""
+    and dequantizes per call: the same weights, so the same logits bit for bit, prefill and decode. With
+    `head_rows` the LM head goes that many rows at a time (as the 262,144-row head does): the same dot
+    products, which BLAS may sum in another order for another number of rows, so equal to float rounding."""
+    from gemma_edge.calibration import checkpoint
+
     ckpt = quantize_model(tiny, PRESETS[preset], progress=False)
     blocks = None
     if activations == "int8_block":
         blocks = {name: 32 for name in ckpt.quantized}
     eager = ckpt.build_model(64, activations=activations, activation_blocks=blocks)
+    if head_rows is not None:
+        monkeypatch.setattr(checkpoint, "LAZY_ROWS", head_rows)
     lazy = ckpt.build_model(64, activations=activations, activation_blocks=blocks, lazy=True)
     assert all(p.is_meta for n, p in lazy.named_parameters() if n.endswith("proj.weight"))  # no float copy held
+    assert isinstance(lazy.lm_head, checkpoint.RowChunkedLinear) == (head_rows is not None)
     tokens = torch.tensor([[2, 9, 14, 3, 77, 5, 40, 41, 8]])
     with torch.no_grad():
         for model in (eager, lazy):
             model.reset_caches()
-        assert torch.equal(lazy(tokens, torch.arange(9)), eager(tokens, torch.arange(9)))
+        def same(a: torch.Tensor, b: torch.Tensor) -> None:
+            if head_rows is None:
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a, b)
+
+        same(lazy(tokens, torch.arange(9)), eager(tokens, torch.arange(9)))
         step = torch.tensor([[11]])
-        assert torch.equal(lazy(step, torch.tensor([9])), eager(step, torch.tensor([9])))
+        same(lazy(step, torch.tensor([9])), eager(step, torch.tensor([9])))
+
+
+@pytest.mark.parametrize("preset", ["int4-block32", "int4-block32-emb4", "8da4w", "fp8"])
+def test_a_checkpoint_loaded_as_stored_gives_the_same_weights_and_reference(tiny, tmp_path, preset):
+    """`load(unpack=False)` keeps int4 two per byte; rows unpacked on demand are the unpacked checkpoint's,
+    and the reference `load_quantized` builds from it (lazy or eager) computes the unpacked one's logits."""
+    from gemma_edge.calibration.checkpoint import load_quantized
+    from gemma_edge.calibration.formats import StoredQTensor
+
+    folder = quantize_model(tiny, PRESETS[preset], progress=False).save(tmp_path / "q")
+    unpacked, stored = QuantizedCheckpoint.load(folder), QuantizedCheckpoint.load(folder, unpack=False)
+    assert set(unpacked.quantized) == set(stored.quantized)
+    for name, q in unpacked.quantized.items():
+        s = stored.quantized[name]
+        assert isinstance(s, StoredQTensor) and s.shape == q.shape
+        if q.fmt.bits == 4:
+            assert s.stored.numel() * 2 == q.qdata.numel()  # half a byte per weight held
+        rows = torch.tensor([q.shape[0] - 1, 0, 3])
+        assert torch.equal(s.rows(rows).qdata, q.qdata[rows]) and torch.equal(s.dequantize(), q.dequantize())
+    eager = unpacked.build_model(64)
+    tokens = torch.tensor([[2, 9, 14, 3, 77, 5, 40, 41, 8]])
+    with torch.no_grad():
+        expected = eager(tokens, torch.arange(9))
+        for lazy in (False, True):
+            model = load_quantized(folder, max_seq_len=64, lazy=lazy).model
+            assert torch.equal(model(tokens, torch.arange(9)), expected)
 
 
 def test_a_streamed_checkpoint_with_a_missing_or_misshapen_tensor_is_refused(tmp_path):

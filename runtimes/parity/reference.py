@@ -134,5 +134,6 @@ def reference_vision_encoder(source: Path, activations: str | None, blocks: dict
         raise GemmaEdgeError(f"{source}: the reference has no vision tower, so image prompts cannot be checked; "
                              "pass --source with the multimodal checkpoint the artifact came from")
     if is_quantized_checkpoint(source):
-        return QuantizedCheckpoint.load(source).build_vision(activations=activations, activation_blocks=blocks)
+        return QuantizedCheckpoint.load(source, unpack=False).build_vision(activations=activations,
+                                                                           activation_blocks=blocks)
     return load_vision(source)

@@ -198,7 +198,8 @@ class QuantizedCheckpoint:
                    provenance, multimodal)
 
 
-LAZY_ROWS = 16384  # rows of a lazily dequantized weight applied at a time (the 262,144-row head: 1.2 GB of floats at 1B)
+# Rows of a lazily dequantized weight applied at a time (the 262,144-row head is 1.2 GB of floats at 1B).
+LAZY_ROWS = 16384
 
 
 def dequantize_on_call(model: nn.Module, quantized: dict[str, QTensor], dtype: torch.dtype) -> None:

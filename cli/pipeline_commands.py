@@ -16,10 +16,12 @@ MARKER = "quickstart.json"  # marks a folder as a quickstart's own, so a later r
 
 def quickstart(out: Path, recipe: str = "int4-block32", runs: int = 3, cache: bool = True) -> int:
     """convert -> quantize -> export .pte and ONNX -> parity (fidelity and quantization loss) -> bench, every
-    stage through the build cache: a second run restores what the first built and measured."""
+    stage through the build cache (a second run restores what the first built and measured) and in a
+    process of its own (the peak is one stage's, not what several left behind)."""
     from gemma_edge.model.atomic import atomic_file, check_output_path
     from gemma_edge.model.bundled import bundled_gguf
     from gemma_edge.pipeline.build import bench_figures, build, parity
+    from gemma_edge.pipeline.process import in_fresh_process
     from gemma_edge.runtimes.parity import write_report
 
     start = time.time()
@@ -34,13 +36,13 @@ def quickstart(out: Path, recipe: str = "int4-block32", runs: int = 3, cache: bo
         print(f"[{time.time() - start:6.0f} s] {what}", flush=True)
 
     step(f"convert, quantize ({recipe}), export .pte and ONNX")
-    paths = build(bundled_gguf(), out, recipe=recipe, cache=cache, overwrite=True)
+    paths = build(bundled_gguf(), out, recipe=recipe, cache=cache, overwrite=True, run=in_fresh_process)
     report_dir = out / "report"
     rows, failed = [], False
     for kind in ("pte", "onnx"):
         for against in ("quantized", "float"):
             step(f"parity of {paths[kind].name} against the {against} reference")
-            report = parity(paths[kind], against=against, cache=cache)
+            report = in_fresh_process(parity, paths[kind], against=against, cache=cache)
             write_report(report, report_dir / paths[kind].name)
             failed |= not report.passed
             rows.append((paths[kind].name, against, report))

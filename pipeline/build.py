@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -25,6 +25,7 @@ from gemma_edge.model.digest import content_digest
 from gemma_edge.runtimes.backends import BACKENDS, backend
 
 from .cache import BuildCache, default_cache, restore
+from .process import in_this_process
 
 # The gemma-edge packages each stage's output can depend on (its key covers their code): a stage imports
 # nothing downstream of it, and the pipeline's own code decides how each stage is called.
@@ -232,27 +233,28 @@ def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 20
 
 def build(source: str | Path, folder: str | Path, recipe: str | QuantRecipe | None = None,
           kinds: Sequence[str] = KINDS, max_seq_len: int = 2048, cache: BuildCache | bool = True,
-          overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
+          overwrite: bool = False, progress: bool = True, run: Callable[..., Any] = in_this_process) -> dict[str, Path]:
     """source -> HF folder (a GGUF is converted) -> QuantizedCheckpoint (with `recipe`) -> one artifact per
     kind, under `folder`: `<source name>/`, `q-<recipe>/`, `<kind>-<recipe or float32>/`. Returns
-    {"float": ..., "quantized": ... (with a recipe), "pte": ..., "onnx": ...}."""
+    {"float": ..., "quantized": ... (with a recipe), "pte": ..., "onnx": ...}. `run(stage, *args)` runs
+    each stage (`process.in_fresh_process`: each in a process of its own)."""
     source = resolve_model_path(source)
     folder = Path(folder)
     paths: dict[str, Path] = {}
     if source.is_file():  # a GGUF: the references and exporters read an HF folder
-        source = paths["float"] = convert(source, folder / source.stem.lower(), cache=cache, overwrite=overwrite,
-                                          progress=progress)
+        source = paths["float"] = run(convert, source, folder / source.stem.lower(), cache=cache,
+                                      overwrite=overwrite, progress=progress)
     else:
         paths["float"] = source
     label = "float32"
     if recipe is not None:
         recipe = recipe if isinstance(recipe, QuantRecipe) else QuantRecipe.load(recipe)
         label = recipe.name
-        source = paths["quantized"] = quantize(source, folder / f"q-{label}", recipe, cache=cache,
-                                               overwrite=overwrite, progress=progress)
+        source = paths["quantized"] = run(quantize, source, folder / f"q-{label}", recipe, cache=cache,
+                                          overwrite=overwrite, progress=progress)
     for kind in kinds:
-        paths[kind] = export(source, folder / f"{kind}-{label}", kind, max_seq_len=max_seq_len, cache=cache,
-                             overwrite=overwrite)
+        paths[kind] = run(export, source, folder / f"{kind}-{label}", kind, max_seq_len=max_seq_len, cache=cache,
+                          overwrite=overwrite)
     return paths
 
 

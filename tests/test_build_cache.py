@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
 from gemma_edge.pipeline import build as pipeline
 from gemma_edge.pipeline.cache import BuildCache
@@ -271,3 +272,16 @@ def test_a_statistics_hit_loads_no_model_and_a_large_model_calibrates_in_bfloat1
     pipeline.quantize(tiny, tmp_path / "c", "int4-block32", pipeline.Calibration(samples=2, seq_len=16),
                       cache=store, progress=False)
     assert len(loads) == 2 and loads[1].model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_a_stage_in_a_fresh_process_returns_its_result_and_its_error(tmp_path):
+    """The quickstart's stages each run in a process of their own: the result comes back, and so does a
+    GemmaEdgeError, as the same one-line error."""
+    import os
+
+    from gemma_edge.model.config import GemmaConfig
+    from gemma_edge.pipeline.process import in_fresh_process
+
+    assert in_fresh_process(os.getpid) != os.getpid()
+    with pytest.raises(GemmaEdgeError, match="missing.json"):
+        in_fresh_process(GemmaConfig.from_json_file, tmp_path / "missing.json")

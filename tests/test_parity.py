@@ -10,8 +10,8 @@ from gemma_edge.calibration.ptq import quantize_model
 from gemma_edge.calibration.recipe import PRESETS
 from gemma_edge.model import GemmaEdgeError, ReferenceRunner, generate, load
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
-from gemma_edge.runtimes.parity import (first_divergence, greedy_agreement, noise_floor, nudged, reference_for, reference_logits,
-                                        runner_logits, top1_agreement)
+from gemma_edge.runtimes.parity import (first_divergence, greedy_agreement, noise_floor, nudged, reference_for,
+                                        reference_logits, runner_logits, top1_agreement)
 
 
 @pytest.fixture(scope="module")

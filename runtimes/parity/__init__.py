@@ -8,13 +8,14 @@ artifact and the reference side by side and holds them to `thresholds.json`; `re
 from .harness import GREEDY_TOKENS, THRESHOLDS, artifact_max_seq_len, assert_parity, load_thresholds, run_parity
 from .metrics import first_divergence, floor_tolerance, logit_metrics, top1_agreement
 from .prompts import colour_bar_card, default_prompts, describe_images, image_prompt_for, prompts_from_file
-from .reference import NUDGE, greedy_agreement, noise_floor, nudged, reference_for, reference_logits, reference_path, runner_logits
+from .reference import (NUDGE, greedy_agreement, noise_floor, nudged, reference_for, reference_logits, reference_path,
+                        runner_logits)
 from .report import MIN_LOSS_POSITIONS, ParityReport, PromptResult, write_report
 
 __all__ = [
     "GREEDY_TOKENS", "THRESHOLDS", "artifact_max_seq_len", "assert_parity", "load_thresholds", "run_parity",
     "first_divergence", "floor_tolerance", "logit_metrics", "top1_agreement", "colour_bar_card", "default_prompts",
-    "describe_images", "image_prompt_for", "prompts_from_file", "NUDGE", "greedy_agreement", "noise_floor", "nudged", "reference_for",
-    "reference_logits", "reference_path", "runner_logits", "MIN_LOSS_POSITIONS", "ParityReport", "PromptResult",
-    "write_report",
+    "describe_images", "image_prompt_for", "prompts_from_file", "NUDGE", "greedy_agreement", "noise_floor", "nudged",
+    "reference_for", "reference_logits", "reference_path", "runner_logits", "MIN_LOSS_POSITIONS", "ParityReport",
+    "PromptResult", "write_report",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -108,17 +109,27 @@ class QuantizedCheckpoint:
         return model.eval()
 
     def build_vision(self, dtype: torch.dtype = torch.float32, activations: str | None = None,
-                     activation_blocks: dict[str, int] | None = None) -> VisionEncoder:
+                     activation_blocks: dict[str, int] | None = None, lazy: bool = False) -> VisionEncoder:
         """The quantized vision reference: the SigLIP tower and projector with dequantized weights (and
-        int8 inputs to its quantized linears for `activations`, as in `build_model`)."""
+        int8 inputs to its quantized linears for `activations`, as in `build_model`). `lazy` as there: the
+        4B's tower is 1.7 GB of floats, 0.2 GB of stored integers."""
         config = VisionConfig.from_hf_dict(self.multimodal_config or {})
         if config is None:
             raise GemmaEdgeError("this quantized checkpoint carries no vision tower; quantize the multimodal "
                                  "(4B+) HF folder to get one")
-        encoder = load_weights(lambda: VisionEncoder(config).to(dtype),
-                               {k: v.to(dtype) for k, v in self.dequantized_state(vision=True).items()},
-                               Path("quantized checkpoint"))
+        if lazy:
+            quantized = {k: q for k, q in self.quantized.items() if is_vision(k)}
+            with torch.device("meta"):
+                encoder = VisionEncoder(config).to(dtype)
+            materialize(encoder, {k: v.to(dtype) for k, v in self.floats.items() if is_vision(k)},
+                        placeholders=set(quantized))
+        else:
+            encoder = load_weights(lambda: VisionEncoder(config).to(dtype),
+                                   {k: v.to(dtype) for k, v in self.dequantized_state(vision=True).items()},
+                                   Path("quantized checkpoint"))
         _simulate_activations(encoder, activations or self.recipe.activations, activation_blocks, set(self.quantized))
+        if lazy:
+            dequantize_on_call(encoder, quantized, dtype)
         return encoder.eval()
 
     # ---- storage ---------------------------------------------------------------------------------
@@ -154,9 +165,11 @@ class QuantizedCheckpoint:
         return Path(out)
 
     @classmethod
-    def load(cls, path: str | Path, unpack: bool = True) -> "QuantizedCheckpoint":
+    def load(cls, path: str | Path, unpack: bool = True,
+             only: Callable[[str], bool] = lambda name: True) -> "QuantizedCheckpoint":
         """`unpack=False`: the quantized weights as `StoredQTensor`s (int4 two per byte), for a reader that
-        unpacks rows as it goes (`load_quantized`'s reference); such a checkpoint is not saved again."""
+        unpacks rows as it goes (`load_quantized`'s reference); `only`: the weights whose names it accepts
+        (`is_vision`: the tower alone). Such a checkpoint is for reading, not for saving again."""
         path = Path(path)
         config = GemmaConfig.from_json_file(path / "config.json")
         recipe = QuantRecipe.load(path / "recipe.json")
@@ -167,12 +180,22 @@ class QuantizedCheckpoint:
             if meta.get("format") != FORMAT_TAG:
                 raise GemmaEdgeError(f"{weights}: not a gemma-edge quantized checkpoint "
                                      f"(format {meta.get('format')!r}); make one with gemma-edge quantize")
-            formats = {name: QuantFormat.parse(f) for name, f in meta["quantized"].items()}
+            formats = {name: QuantFormat.parse(f) for name, f in meta["quantized"].items() if only(name)}
             parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in formats}
             floats = {}
-            for key, tensor in read_safetensors(weights, lambda key: True):  # plain reads: no memory map held
+
+            def part_of(key: str) -> tuple[str, str]:
+                """(weight name, "qdata" | "scale" | "zero_point") for a quantized weight's tensor, else (key, "")."""
                 name, _, part = key.rpartition(".")
-                if name in formats and part in ("qdata", "scale", "zero_point"):
+                return (name, part) if name in meta["quantized"] else (key, "")
+
+            def wanted(key: str) -> bool:
+                name, part = part_of(key)
+                return name in formats if part else only(key)
+
+            for key, tensor in read_safetensors(weights, wanted):  # plain reads: no memory map held
+                name, part = part_of(key)
+                if part:
                     fmt = formats[name]
                     parts[name][part] = (tensor.float() if part == "scale" else
                                          fmt.unpack(tensor) if part == "qdata" and unpack else tensor)
@@ -292,7 +315,7 @@ def _has_vision(path: Path) -> bool:
 
 
 def _load_vision(path: Path, dtype: torch.dtype = torch.float32, activations: str | None = None) -> VisionEncoder:
-    return QuantizedCheckpoint.load(path, unpack=False).build_vision(dtype, activations)
+    return QuantizedCheckpoint.load(path, unpack=False, only=is_vision).build_vision(dtype, activations)
 
 
 # How `gemma_edge.model.load` opens these folders (the "gemma_edge.folders" entry point in pyproject.toml).

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
+from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_vision
 from gemma_edge.calibration.evaluate import vision_loss
 from gemma_edge.calibration.ptq import quantize_model
 from gemma_edge.calibration.recipe import PRESETS
@@ -60,6 +60,13 @@ def test_round_trip_and_the_quantized_vision_reference(folders):
     with torch.no_grad():
         assert torch.equal(load_vision(q)(pixels), expected(pixels))
         assert not torch.equal(load_vision(q)(pixels), load_vision(folder)(pixels))
+        # the tower alone, as stored, dequantized on call: the same features, whatever the activations
+        tower = QuantizedCheckpoint.load(q, unpack=False, only=is_vision)
+        assert tower.quantized and all(is_vision(name) for name in (*tower.quantized, *tower.floats))
+        for activations in (None, "int8_dynamic"):
+            lazy = tower.build_vision(activations=activations, lazy=True)
+            assert all(p.is_meta for n, p in lazy.named_parameters() if n.endswith("proj.weight"))
+            assert torch.equal(lazy(pixels), again.build_vision(activations=activations)(pixels))
     # the decoder of the checkpoint is unaffected by the vision tensors it carries
     assert load(q, max_seq_len=32).model.config.image_token_id == load(folder, max_seq_len=32).config.image_token_id
 

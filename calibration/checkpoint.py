@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -251,7 +251,7 @@ class RowChunkedLinear(nn.Module):
     """A bias-free linear over a quantized weight of many rows (the LM head), applied LAZY_ROWS output rows
     at a time by the wrapped module itself (its activation numerics included). Each output is the same dot
     product as in one call; BLAS may sum it in another order for another number of rows, so the logits
-    agree to float rounding (bit for bit at the 1B's and 4B's head shapes on this host)."""
+    agree to float rounding (bit for bit at the 270M's, 1B's and 4B's head shapes on this host)."""
 
     def __init__(self, linear: nn.Linear, q: QTensor, dtype: torch.dtype):
         super().__init__()

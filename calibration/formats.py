@@ -303,8 +303,9 @@ class StoredQTensor:
         return (self.stored.shape[0], *self.fmt.unpack(self.stored[:1]).shape[1:])
 
     def rows(self, index) -> QTensor:
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return QTensor(self.fmt, self.fmt.unpack(self.stored[index]), pick(self.scale), pick(self.zero_point))
+        picked = QTensor(self.fmt, self.stored, self.scale, self.zero_point).rows(index)  # still stored
+        picked.qdata = self.fmt.unpack(picked.qdata)
+        return picked
 
     def unpacked(self) -> QTensor:
         return self.rows(slice(None))

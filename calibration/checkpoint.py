@@ -196,9 +196,11 @@ class QuantizedCheckpoint:
             for key, tensor in read_safetensors(weights, wanted):  # plain reads: no memory map held
                 name, part = part_of(key)
                 if part:
-                    fmt = formats[name]
-                    parts[name][part] = (tensor.float() if part == "scale" else
-                                         fmt.unpack(tensor) if part == "qdata" and unpack else tensor)
+                    if unpack and part == "qdata":  # a QTensor: one integer per byte, float32 scales
+                        tensor = formats[name].unpack(tensor)
+                    elif unpack and part == "scale":
+                        tensor = tensor.float()
+                    parts[name][part] = tensor
                 else:
                     floats[key] = tensor
             quantized = {name: (QTensor if unpack else StoredQTensor)(

@@ -289,9 +289,9 @@ class QTensor:
 
 @dataclass
 class StoredQTensor:
-    """A QTensor as a QuantizedCheckpoint stores it (`fmt.pack`: int4 two per byte), unpacked a few rows at
-    a time by whoever reads it: the lazy reference holds half the memory of the unpacked integers (2.5 GB
-    less at 4B)."""
+    """A QTensor as a QuantizedCheckpoint stores it (`fmt.pack`: int4 two per byte; scales in bfloat16),
+    unpacked a few rows at a time by whoever reads it: the lazy reference holds half the memory of the
+    unpacked integers (2.5 GB less at 4B) and of float32 scales."""
 
     fmt: QuantFormat
     stored: torch.Tensor
@@ -305,6 +305,7 @@ class StoredQTensor:
     def rows(self, index) -> QTensor:
         picked = QTensor(self.fmt, self.stored, self.scale, self.zero_point).rows(index)  # still stored
         picked.qdata = self.fmt.unpack(picked.qdata)
+        picked.scale = None if picked.scale is None else picked.scale.float()
         return picked
 
     def unpacked(self) -> QTensor:

@@ -371,6 +371,7 @@ def test_a_checkpoint_loaded_as_stored_gives_the_same_weights_and_reference(tiny
         assert isinstance(s, StoredQTensor) and s.shape == q.shape
         if q.fmt.bits == 4:
             assert s.stored.numel() * 2 == q.qdata.numel()  # half a byte per weight held
+        assert s.scale is None or s.scale.dtype == torch.bfloat16  # scales as stored, float32 per call
         rows = torch.tensor([q.shape[0] - 1, 0, 3])
         assert torch.equal(s.rows(rows).qdata, q.qdata[rows]) and torch.equal(s.dequantize(), q.dequantize())
     eager = unpacked.build_model(64)

@@ -74,9 +74,16 @@ def greedy_agreement(model: Gemma, tokens: Sequence[int], continuation: Sequence
 
 
 def runner_logits(runner, tokens: Sequence[int], prefill: int) -> torch.Tensor:
-    """The same positions from a `Runner`: one prefill call, then one decode per remaining token."""
+    """The same positions from a `Runner`: one prefill call, then one decode per remaining token, each written
+    into one [positions, vocab] tensor (a list stacked at the end held the logits twice: 0.6 GB more at 4B
+    on the 1,088-token prompt)."""
     runner.reset()
-    return torch.stack([runner.prefill(list(tokens[:prefill]))] + [runner.decode(t) for t in tokens[prefill:]])
+    first = runner.prefill(list(tokens[:prefill]))
+    out = first.new_empty((len(tokens) - prefill + 1, *first.shape))
+    out[0] = first
+    for i, t in enumerate(tokens[prefill:], start=1):
+        out[i] = runner.decode(t)
+    return out
 
 
 @contextmanager

@@ -328,14 +328,14 @@ def _write_program(program, path: Path) -> None:
 def pte_model(source: Path, max_seq_len: int, vision: bool) -> tuple[Gemma, VisionEncoder | None, Tokenizer]:
     """The modules to lower, from one read of `source`: the float reference, or the integer modules of a
     QuantizedCheckpoint; with `vision`, the tower too."""
-    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint, is_vision
     from gemma_edge.model import load
     from gemma_edge.model.loader import load_vision
 
     if is_quantized_checkpoint(source):
         from .xnnpack_quant import quantized_pte_model, quantized_pte_vision
 
-        ckpt = QuantizedCheckpoint.load(source)
+        ckpt = QuantizedCheckpoint.load(source, only=(lambda name: True) if vision else (lambda n: not is_vision(n)))
         if ckpt.tokenizer_model is None:
             raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
         return (quantized_pte_model(ckpt, max_seq_len), quantized_pte_vision(ckpt) if vision else None,

@@ -76,11 +76,9 @@ def read_weights(source: Path, vision: bool = False) -> Weights:
     from gemma_edge.model.hf_checkpoint import read_state_dict
 
     if is_quantized_checkpoint(source):
-        ckpt = QuantizedCheckpoint.load(source)
+        ckpt = QuantizedCheckpoint.load(source, only=(lambda name: True) if vision else (lambda n: not is_vision(n)))
         tok = Tokenizer(ckpt.tokenizer_model, bos_id=ckpt.config.bos_token_id) if ckpt.tokenizer_model else None
-        keep = (lambda name: True) if vision else (lambda name: not is_vision(name))
-        return Weights(ckpt.config, {k: v for k, v in ckpt.floats.items() if keep(k)},
-                       {k: q for k, q in ckpt.quantized.items() if keep(k)}, tok, ckpt.recipe.activations,
+        return Weights(ckpt.config, ckpt.floats, ckpt.quantized, tok, ckpt.recipe.activations,
                        vision=VisionConfig.from_hf_dict(ckpt.multimodal_config or {}) if vision else None)
     config, state, tok_bytes = read_checkpoint(source, progress=False)
     w = Weights(config, {k: v.float() for k, v in state.items()}, {},

@@ -282,6 +282,32 @@ def decoder_xnnpack_passes() -> Iterator[None]:
         XNNPACKPassManager.__init__ = original
 
 
+@contextlib.contextmanager
+def preprocess_shares_weights() -> Iterator[None]:
+    """Within this block, the copy ExecuTorch hands XNNPACK's preprocess of each partition shares the
+    program's weight tensors instead of duplicating them. ExecuTorch deep-copies every partition up front
+    "in case backends change graph inside preprocess" (`lower_all_submodules_to_backend`): the graphs, yes,
+    but XNNPACK's preprocess only reads the weights (to pack them into its named data), and the copies held
+    a second copy of every delegated weight at once — 5 GB of integers at 4B. ExecuTorch's CUDA backend
+    shares them the same way in its low-memory mode (`CudaBackend.copy_exported_program_for_preprocess`)."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    def copy_sharing(cls, edge_program, compile_specs):
+        return copy.deepcopy(edge_program, {id(t): t for values in (edge_program.state_dict, edge_program.constants)
+                                            for t in values.values() if isinstance(t, torch.Tensor)})
+
+    had_own = "copy_exported_program_for_preprocess" in XnnpackBackend.__dict__
+    original = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing)
+    try:
+        yield
+    finally:
+        if had_own:
+            XnnpackBackend.copy_exported_program_for_preprocess = original
+        else:
+            del XnnpackBackend.copy_exported_program_for_preprocess
+
+
 def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
                  vision: VisionEncoder | None = None):
     """torch.export of each method (dynamic sequence length), XNNPACK partitioning, the ExecuTorch program:
@@ -303,7 +329,7 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
             programs[name] = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=False)
     bar.update()
     bar.set_postfix_str("lower to XNNPACK")
-    with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext():
+    with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
         edge = to_edge_transform_and_lower(
             programs["forward"] if vision is None else programs, partitioner=[XnnpackPartitioner()],
             compile_config=EdgeCompileConfig(_check_ir_validity=False),

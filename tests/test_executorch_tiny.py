@@ -1,5 +1,6 @@
 """ExecuTorch export on tiny random models: semantics through executorch.runtime, metadata, determinism."""
 
+import contextlib
 import hashlib
 import json
 
@@ -118,6 +119,25 @@ def test_quantized_pte_runs_on_the_checkpoint_integers(tmp_path):
     weight_only = quantize_model(loaded, PRESETS["int4-block32"], progress=False).save(tmp_path / "q4")
     same = export_pte(weight_only, tmp_path / "pte-q4", max_seq_len=32)
     assert (same / "model.pte").read_bytes() == (folder / "model.pte").read_bytes()
+
+
+def test_preprocess_on_shared_weights_writes_the_same_program(tmp_path, monkeypatch):
+    """`preprocess_shares_weights` (issue 21: ExecuTorch's copies for XNNPACK's preprocess held a second copy of
+    every delegated weight, 5 GB at 4B): XNNPACK reads the shared tensors and leaves them as they were, so the
+    program is the one ExecuTorch's own deep copies give, byte for byte; the backend is restored after."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    import gemma_edge.export.executorch as et
+
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=1, hidden_size=128,
+                                                                     intermediate_size=256)))
+    q = quantize_model(loaded, PRESETS["int4-block32"], progress=False).save(tmp_path / "q")
+    stock = XnnpackBackend.copy_exported_program_for_preprocess
+    shared = export_pte(q, tmp_path / "shared", max_seq_len=32)
+    assert XnnpackBackend.copy_exported_program_for_preprocess == stock
+    monkeypatch.setattr(et, "preprocess_shares_weights", contextlib.nullcontext)
+    copied = export_pte(q, tmp_path / "copied", max_seq_len=32)
+    assert (shared / "model.pte").read_bytes() == (copied / "model.pte").read_bytes()
 
 
 def test_unsupported_formats_are_refused(tmp_path):

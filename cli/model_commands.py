@@ -44,6 +44,14 @@ def cmd_random_checkpoint(args: argparse.Namespace) -> None:
           "tokenizer.model")
 
 
+def cmd_gguf(args: argparse.Namespace) -> None:
+    from gemma_edge.model.bundled import resolve_model_path
+    from gemma_edge.model.gguf_file import write_quantized_gguf
+
+    out = write_quantized_gguf(resolve_model_path(args.model), args.out, args.type)
+    print(f"wrote {out} ({args.type}, {out.stat().st_size / 2**20:,.0f} MiB)")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
@@ -155,6 +163,17 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--text-only", action="store_true", help="the 4B's text decoder alone (Gemma3ForCausalLM layout)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = add_command(sub, "gguf", cmd_gguf, "write a float checkpoint as a llama.cpp GGUF (bench's other side)",
+                    "Write MODEL's text decoder as a Gemma 3 GGUF the way llama.cpp's convert_hf_to_gguf.py does "
+                    "(bfloat16 matrices, norms stored as 1 + w, the SentencePiece vocabulary), then quantize it "
+                    "with llama.cpp's own quantizer (llama-cpp-python) and its default per-tensor choices: for "
+                    "`gemma-edge bench --gguf` on checkpoints no GGUF was published for (the random 1B/4B). "
+                    "Tensors stream one at a time; the file appears only when complete.")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+    p.add_argument("--type", default="q4_0", choices=["q4_0", "q4_k_m", "q8_0", "bf16"],
+                   help="llama.cpp's format (q4_0: int4 in blocks of 32 with a float16 scale, like int4-block32)")
 
     p = add_command(sub, "run", cmd_run, "generate text with the reference or an exported artifact",
              "Generate from a prompt with the reference model of a checkpoint, or with an exported artifact "

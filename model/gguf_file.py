@@ -1,7 +1,10 @@
-"""llama.cpp GGUF files of Gemma 3: config, dequantized weights and the SentencePiece vocabulary.
+"""llama.cpp GGUF files of Gemma 3: config, dequantized weights and the SentencePiece vocabulary; and a
+bfloat16 GGUF written from a float checkpoint (`write_gguf`), llama.cpp's side of a benchmark for sizes
+no GGUF was published for.
 
-llama.cpp's converter stores every Gemma norm weight with the +1 folded in (`w + 1`), so we subtract it;
-q/k projections are not permuted for Gemma (NeoX-style RoPE), so they load as they are.
+llama.cpp's converter stores every Gemma norm weight with the +1 folded in (`w + 1`), so we subtract it
+on reading and add it on writing; q/k projections are not permuted for Gemma (NeoX-style RoPE), so they
+go as they are.
 """
 
 from __future__ import annotations
@@ -162,3 +165,121 @@ def _tokenizer_model(reader, path: Path) -> bytes:
         eos_id=int(_field(reader, "tokenizer.ggml.eos_token_id", 1)),
         pad_id=int(_field(reader, "tokenizer.ggml.padding_token_id", 0)),
     )
+
+
+def _gguf_name(our_name: str) -> str:
+    theirs = {ours: gguf_name for gguf_name, ours in _GLOBAL_NAMES.items()}
+    if our_name in theirs:
+        return theirs[our_name]
+    _, index, *module, leaf = our_name.split(".")  # layers.{i}.{module path}.{weight}
+    layer = {ours: gguf_name for gguf_name, ours in _LAYER_NAMES.items()}[".".join(module)]
+    return f"blk.{index}.{layer}.{leaf}"
+
+
+def write_gguf(source: str | Path, out: str | Path, progress: bool = True) -> Path:
+    """`source`'s decoder as a Gemma 3 GGUF the way llama.cpp's `convert_hf_to_gguf.py` writes one: the
+    matrices in bfloat16 (exact for a bf16 checkpoint), norms as float32 `1 + w`, the tokenizer.model's
+    pieces; `llama_cpp.llama_model_quantize` turns it into Q4_0 and the like. Tensors are streamed one at a
+    time (the 4B's 8 GB never sit in memory); the file appears only once written whole."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb
+
+    from .atomic import atomic_file
+    from .loader import iter_weights, read_config
+
+    c = read_config(source)
+    tok = Path(source) / "tokenizer.model"
+    if not tok.is_file():
+        raise GemmaEdgeError(f"{tok}: missing; a GGUF carries the vocabulary, copy the checkpoint's tokenizer.model")
+    sp = sp_pb.ModelProto()
+    sp.ParseFromString(tok.read_bytes())
+
+    def as_stored(name: str, tensor: torch.Tensor) -> np.ndarray:
+        if name.endswith("norm.weight"):
+            return (tensor.float() + 1.0).numpy()
+        return tensor.to(torch.bfloat16).view(torch.int16).numpy()  # raw bf16 bits
+
+    def weights():  # as the folder stores them (dtype None): a float32 norm keeps its digits
+        return iter_weights(source, dtype=None)
+
+    # GGUF lists every tensor before the data, in the order the data follows: the shards' order, read
+    # once for it (reading 8 GB is seconds; holding it is what the 4B cannot afford)
+    shapes = {name: tuple(t.shape) for name, t in weights()
+              if name != "lm_head.weight" or not c.tie_word_embeddings}
+    with atomic_file(Path(out)) as tmp:
+        w = gguf.GGUFWriter(tmp, "gemma3")
+        w.add_context_length(c.max_position_embeddings)
+        w.add_embedding_length(c.hidden_size)
+        w.add_block_count(c.num_layers)
+        w.add_feed_forward_length(c.intermediate_size)
+        w.add_head_count(c.num_heads)
+        w.add_head_count_kv(c.num_kv_heads)
+        w.add_key_length(c.head_dim)
+        w.add_value_length(c.head_dim)
+        w.add_layer_norm_rms_eps(c.rms_norm_eps)
+        w.add_rope_freq_base(c.rope_global.theta)
+        if c.rope_global.factor != 1.0:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(c.rope_global.factor)
+        w.add_sliding_window(c.sliding_window)
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list([p.piece.encode() for p in sp.pieces])
+        w.add_token_scores([p.score for p in sp.pieces])
+        w.add_token_types([int(p.type) for p in sp.pieces])  # SentencePiece's and llama.cpp's numbering agree
+        w.add_bos_token_id(c.bos_token_id)
+        w.add_eos_token_id(c.eos_token_ids[0])
+        w.add_unk_token_id(sp.trainer_spec.unk_id)
+        w.add_pad_token_id(c.pad_token_id)
+        w.add_add_bos_token(True)
+        w.add_add_eos_token(False)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+        order = []
+        for name, shape in shapes.items():
+            norm = name.endswith("norm.weight")
+            nbytes = int(np.prod(shape)) * (4 if norm else 2)
+            w.add_tensor_info(_gguf_name(name), shape, np.dtype(np.float32 if norm else np.int16), nbytes,
+                              raw_dtype=gguf.GGMLQuantizationType.F32 if norm else gguf.GGMLQuantizationType.BF16)
+            order.append(name)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        stored = ((name, t) for name, t in weights() if name in shapes)
+        for name, tensor in tqdm(stored, total=len(order), desc=f"write {Path(out).name}", unit="tensor",
+                                 disable=not progress):
+            w.write_tensor_data(as_stored(name, tensor))
+        w.close()
+    return Path(out)
+
+
+GGUF_TYPES = {"bf16": None, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers
+
+
+def write_quantized_gguf(source: str | Path, out: str | Path, gguf_type: str = "q4_0", progress: bool = True,
+                         threads: int | None = None) -> Path:
+    """`write_gguf`, then llama.cpp's own quantizer (`llama_model_quantize`, what `llama-quantize` runs) to
+    `gguf_type` with its default choices per tensor; the bfloat16 file in between is deleted."""
+    import os
+
+    from .atomic import atomic_file
+
+    if gguf_type not in GGUF_TYPES:
+        raise GemmaEdgeError(f"GGUF type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+    if GGUF_TYPES[gguf_type] is None:
+        return write_gguf(source, out, progress)
+    try:
+        import llama_cpp
+    except ImportError:
+        raise GemmaEdgeError(f"{out}: quantizing a GGUF to {gguf_type} runs llama.cpp; pip install llama-cpp-python "
+                             "(or write --type bf16)") from None
+    with atomic_file(Path(out)) as tmp:
+        bf16 = write_gguf(source, tmp.with_name(tmp.name + ".bf16"), progress)
+        try:
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = GGUF_TYPES[gguf_type]
+            params.nthread = threads or os.cpu_count() or 1
+            if llama_cpp.llama_model_quantize(str(bf16).encode(), str(tmp).encode(), params) != 0:
+                raise GemmaEdgeError(f"{out}: llama.cpp could not quantize the GGUF to {gguf_type}")
+        finally:
+            bf16.unlink(missing_ok=True)
+    return Path(out)

@@ -98,12 +98,13 @@ def _folder_tokenizer(path: Path) -> bytes | None:
     return tok.read_bytes() if tok.exists() else None
 
 
-def iter_weights(path: str | Path, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
-    """The float decoder tensors of a checkpoint (our names), one at a time: from an HF folder shard by
-    shard as stored, so a caller that keeps none of them needs memory for one (a GGUF is read whole)."""
+def iter_weights(path: str | Path, dtype: torch.dtype | None = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+    """The float decoder tensors of a checkpoint (our names) in `dtype` (None: as stored; a GGUF's are
+    float32), one at a time: from an HF folder shard by shard as stored, so a caller that keeps none of them
+    needs memory for one (a GGUF is read whole)."""
     path = Path(path)
     if _is_gguf(path) or folder_kind(path) is not None:  # read whole; a stage's folder is refused there
-        yield from read_checkpoint(path, progress=False, dtype=dtype)[1].items()
+        yield from read_checkpoint(path, progress=False, dtype=dtype or torch.float32)[1].items()
     else:
         yield from iter_state_dict(path, dtype)
 

@@ -4,7 +4,8 @@ Run: python docs/figures/scale.py WORK_FOLDER [--preset 1b 4b] [--recipe int4-bl
 
 Per preset, in WORK_FOLDER/<preset> (made fresh): `random-checkpoint` (the 4B multimodal, with its SigLIP
 tower), `quantize` (the default: data-free calibration statistics), `export onnx`, `export pte`, `parity`
-of each against its quantized reference (fidelity) and `bench` of both artifacts side by side — each a fresh
+of each against its quantized reference (fidelity), `gguf` (the same weights as llama.cpp's Q4_0, written by
+llama.cpp's own quantizer) and `bench` of both artifacts and the GGUF side by side — each a fresh
 `gemma-edge` process under `/usr/bin/time -v`, without the build cache, one after the other. Prints one
 Markdown table per preset (stage, wall time, peak RSS, output size; each command's own output, the bench's
 figures among them, in WORK_FOLDER/<preset>/<stage>.log); docs/scale.md holds them. A stage that
@@ -24,7 +25,7 @@ from stage_memory import measure  # noqa: E402
 
 def stages(work: Path, preset: str, recipe: str) -> list[tuple[str, list[str], Path | None]]:
     ckpt, q = work / "checkpoint", work / f"q-{recipe}"
-    pte, onnx = work / f"pte-{recipe}", work / f"onnx-{recipe}"
+    pte, onnx, gguf = work / f"pte-{recipe}", work / f"onnx-{recipe}", work / "checkpoint-q4_0.gguf"
     return [
         ("random-checkpoint", ["random-checkpoint", "--preset", preset, "--out", str(ckpt)], ckpt),
         ("quantize", ["quantize", str(ckpt), "--recipe", recipe, "--out", str(q), "--no-cache"], q),
@@ -32,7 +33,8 @@ def stages(work: Path, preset: str, recipe: str) -> list[tuple[str, list[str], P
         ("export pte", ["export", "pte", str(q), "--out", str(pte), "--no-cache"], pte),
         ("parity onnx", ["parity", str(onnx), "--report", str(work / "r-onnx"), "--no-cache"], None),
         ("parity pte", ["parity", str(pte), "--report", str(work / "r-pte"), "--no-cache"], None),
-        ("bench", ["bench", str(onnx), str(pte), "--runs", "3"], None),
+        ("gguf", ["gguf", str(ckpt), "--out", str(gguf), "--type", "q4_0"], gguf),
+        ("bench", ["bench", str(onnx), str(pte), "--gguf", str(gguf), "--runs", "3"], None),
     ]
 
 

@@ -202,6 +202,16 @@ class PteTokenEmbedding(nn.Module):
         return torch.cat((x, torch.zeros_like(x[..., :1])), dim=-1)
 
 
+def fused_bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SigLIP's attention (q, k, v [N, heads, patches, head_dim], every patch sees every patch) on ExecuTorch's
+    fused `custom_sdpa`, which works through the keys in tiles: written out, the 16 × 4,096 × 4,096 scores
+    and their softmax went into the method's planned memory, 3.1 GB that a 4B multimodal .pte allocates
+    when it loads."""
+    out = torch.ops.llama.custom_sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0, None, 0.0, False,
+                                      None)
+    return out.transpose(1, 2)
+
+
 class PteVisionEncoder(nn.Module):
     """vision_encoder(pixels [1, 3, S, S], normalised) -> [1, tokens per image, hidden + 1]: the image's soft
     tokens and a 1 flag channel, which tells `text_decoder` to let them attend to each other."""
@@ -211,6 +221,7 @@ class PteVisionEncoder(nn.Module):
         self.encoder = _copy_sharing_tensors(encoder)
         for layer in self.encoder.vision_tower.encoder.layers:
             layer.mlp.act = gelu_tanh_explicit
+            layer.self_attn.attend = fused_bidirectional_attention
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.encoder(pixels)

@@ -112,11 +112,14 @@ class VisionAttention(nn.Module):
         self.k_proj = nn.Linear(c.hidden_size, c.hidden_size)
         self.v_proj = nn.Linear(c.hidden_size, c.hidden_size)
         self.out_proj = nn.Linear(c.hidden_size, c.hidden_size)
+        # q, k, v [N, heads, patches, head_dim]: every patch sees every patch, scale 1/sqrt(head_dim); swappable
+        # so an exporter can run it on a fused kernel
+        self.attend = F.scaled_dot_product_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
         q, k, v = (p(x).view(n, t, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v)  # every patch sees every patch; scale 1/sqrt(head_dim)
+        out = self.attend(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(n, t, d))
 
 

@@ -63,6 +63,12 @@ def _leftover_name(out: Path, kind: str) -> Path:
     return out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
 
 
+def scratch_path(out: str | Path) -> Path:
+    """A temporary file's path next to `out`, named as a leftover: if this process dies before deleting it,
+    the next atomic write into that folder removes it."""
+    return _leftover_name(Path(out), "partial")
+
+
 def check_output_path(out: str | Path, inputs: Iterable[str | Path | None] = (), overwrite: bool = False) -> Path:
     """The output path, if writing a folder there is safe; else a one-line error naming it and the fix."""
     if str(out).strip() == "":

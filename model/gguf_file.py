@@ -179,12 +179,20 @@ def _gguf_name(our_name: str) -> str:
 def write_gguf(source: str | Path, out: str | Path, progress: bool = True) -> Path:
     """`source`'s decoder as a Gemma 3 GGUF the way llama.cpp's `convert_hf_to_gguf.py` writes one: the
     matrices in bfloat16 (exact for a bf16 checkpoint), norms as float32 `1 + w`, the tokenizer.model's
-    pieces; `llama_cpp.llama_model_quantize` turns it into Q4_0 and the like. Tensors are streamed one at a
-    time (the 4B's 8 GB never sit in memory); the file appears only once written whole."""
+    pieces; `write_quantized_gguf` has llama.cpp turn it into Q4_0 and the like. Tensors are streamed one at
+    a time (the 4B's 8 GB never sit in memory); the file appears only once written whole."""
+    from .atomic import atomic_file
+
+    with atomic_file(Path(out)) as tmp:
+        _write_gguf(source, tmp, progress, label=Path(out).name)
+    return Path(out)
+
+
+def _write_gguf(source: str | Path, path: Path, progress: bool, label: str) -> None:
+    """`write_gguf` into `path` (`label`: the name its progress bar shows)."""
     import gguf
     from sentencepiece import sentencepiece_model_pb2 as sp_pb
 
-    from .atomic import atomic_file
     from .loader import iter_weights, read_config
 
     c = read_config(source)
@@ -206,50 +214,51 @@ def write_gguf(source: str | Path, out: str | Path, progress: bool = True) -> Pa
     # once for it (reading 8 GB is seconds; holding it is what the 4B cannot afford)
     shapes = {name: tuple(t.shape) for name, t in weights()
               if name != "lm_head.weight" or not c.tie_word_embeddings}
-    with atomic_file(Path(out)) as tmp:
-        w = gguf.GGUFWriter(tmp, "gemma3")
-        w.add_context_length(c.max_position_embeddings)
-        w.add_embedding_length(c.hidden_size)
-        w.add_block_count(c.num_layers)
-        w.add_feed_forward_length(c.intermediate_size)
-        w.add_head_count(c.num_heads)
-        w.add_head_count_kv(c.num_kv_heads)
-        w.add_key_length(c.head_dim)
-        w.add_value_length(c.head_dim)
-        w.add_layer_norm_rms_eps(c.rms_norm_eps)
-        w.add_rope_freq_base(c.rope_global.theta)
-        if c.rope_global.factor != 1.0:
-            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(c.rope_global.factor)
-        w.add_sliding_window(c.sliding_window)
-        w.add_tokenizer_model("llama")
-        w.add_tokenizer_pre("default")
-        w.add_token_list([p.piece.encode() for p in sp.pieces])
-        w.add_token_scores([p.score for p in sp.pieces])
-        w.add_token_types([int(p.type) for p in sp.pieces])  # SentencePiece's and llama.cpp's numbering agree
-        w.add_bos_token_id(c.bos_token_id)
-        w.add_eos_token_id(c.eos_token_ids[0])
-        w.add_unk_token_id(sp.trainer_spec.unk_id)
-        w.add_pad_token_id(c.pad_token_id)
-        w.add_add_bos_token(True)
-        w.add_add_eos_token(False)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
-        order = []
-        for name, shape in shapes.items():
-            norm = name.endswith("norm.weight")
-            nbytes = int(np.prod(shape)) * (4 if norm else 2)
-            w.add_tensor_info(_gguf_name(name), shape, np.dtype(np.float32 if norm else np.int16), nbytes,
-                              raw_dtype=gguf.GGMLQuantizationType.F32 if norm else gguf.GGMLQuantizationType.BF16)
-            order.append(name)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        stored = ((name, t) for name, t in weights() if name in shapes)
-        for name, tensor in tqdm(stored, total=len(order), desc=f"write {Path(out).name}", unit="tensor",
-                                 disable=not progress):
-            w.write_tensor_data(as_stored(name, tensor))
-        w.close()
-    return Path(out)
+    w = gguf.GGUFWriter(path, "gemma3")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_heads)
+    w.add_head_count_kv(c.num_kv_heads)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_global.theta)
+    if c.rope_global.factor != 1.0:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(c.rope_global.factor)
+    w.add_sliding_window(c.sliding_window)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    # SentencePiece's and llama.cpp's token types number alike; a table with more rows than pieces (the
+    # 4B's 262,208 against 262,144) gets unused [PAD{id}] pieces, as llama.cpp's converter pads it
+    pads = range(len(sp.pieces), c.vocab_size)
+    w.add_token_list([p.piece.encode() for p in sp.pieces] + [f"[PAD{i}]".encode() for i in pads])
+    w.add_token_scores([p.score for p in sp.pieces] + [-1000.0] * len(pads))
+    w.add_token_types([int(p.type) for p in sp.pieces] + [int(sp_pb.ModelProto.SentencePiece.UNUSED)] * len(pads))
+    w.add_bos_token_id(c.bos_token_id)
+    w.add_eos_token_id(c.eos_token_ids[0])
+    w.add_unk_token_id(sp.trainer_spec.unk_id)
+    w.add_pad_token_id(c.pad_token_id)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+    order = []
+    for name, shape in shapes.items():
+        norm = name.endswith("norm.weight")
+        nbytes = int(np.prod(shape)) * (4 if norm else 2)
+        w.add_tensor_info(_gguf_name(name), shape, np.dtype(np.float32 if norm else np.int16), nbytes,
+                          raw_dtype=gguf.GGMLQuantizationType.F32 if norm else gguf.GGMLQuantizationType.BF16)
+        order.append(name)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    stored = ((name, t) for name, t in weights() if name in shapes)
+    for name, tensor in tqdm(stored, total=len(order), desc=f"write {label}", unit="tensor",
+                             disable=not progress):
+        w.write_tensor_data(as_stored(name, tensor))
+    w.close()
 
 
 GGUF_TYPES = {"bf16": None, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers
@@ -261,7 +270,7 @@ def write_quantized_gguf(source: str | Path, out: str | Path, gguf_type: str = "
     `gguf_type` with its default choices per tensor; the bfloat16 file in between is deleted."""
     import os
 
-    from .atomic import atomic_file
+    from .atomic import atomic_file, scratch_path
 
     if gguf_type not in GGUF_TYPES:
         raise GemmaEdgeError(f"GGUF type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
@@ -273,8 +282,9 @@ def write_quantized_gguf(source: str | Path, out: str | Path, gguf_type: str = "
         raise GemmaEdgeError(f"{out}: quantizing a GGUF to {gguf_type} runs llama.cpp; pip install llama-cpp-python "
                              "(or write --type bf16)") from None
     with atomic_file(Path(out)) as tmp:
-        bf16 = write_gguf(source, tmp.with_name(tmp.name + ".bf16"), progress)
+        bf16 = scratch_path(out)
         try:
+            _write_gguf(source, bf16, progress, label=Path(out).name)
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = GGUF_TYPES[gguf_type]
             params.nthread = threads or os.cpu_count() or 1

@@ -3,6 +3,7 @@ and through its reference, hold the results to the thresholds."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 from pathlib import Path
@@ -116,6 +117,8 @@ def run_parity(artifact_dir: str | Path, against: str = "quantized", prompts: li
         except Exception as e:  # the runtime's own errors on this artifact: a failed check, reported
             result.metrics["error"] = _first_line(e)
         report.prompts.append(result)
+        del ref  # a long prompt's reference logits (0.57 GB at 4B) must not outlive it into the next prompt's
+        return_freed_memory()
     if against == "quantized" and continuations:
         # the stock loop loads the artifact itself: one copy of it in memory at a time, and no reference
         runner = model = reference = encoder = None
@@ -155,6 +158,16 @@ def _open_checked(folder: Path):
     if backend_of(folder).probe_first:
         probe(folder)
     return open_runner(folder, threads=torch.get_num_threads(), verify=False)
+
+
+def return_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; nothing elsewhere): the
+    tensors of a long prompt, once freed, otherwise stay in this process's heap and add to the next
+    prompt's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _first_line(e: BaseException) -> str:

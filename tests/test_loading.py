@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 from gemma_edge.model import load
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import Gemma
-from gemma_edge.model.hf_checkpoint import load_weights, read_safetensors, read_state_dict
+from gemma_edge.model.hf_checkpoint import (_SAFETENSORS_DTYPES, load_weights, read_safetensors, read_state_dict,
+                                            save_safetensors_streamed)
 
 
 def test_read_safetensors_equals_the_safetensors_library(tmp_path):
@@ -26,6 +27,23 @@ def test_read_safetensors_equals_the_safetensors_library(tmp_path):
         assert t.dtype == theirs[name].dtype and t.shape == theirs[name].shape
         assert torch.equal(t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t,
                            theirs[name].view(torch.uint8) if t.dtype == torch.float8_e4m3fn else theirs[name])
+
+
+def test_streamed_safetensors_are_the_bytes_save_file_writes(tmp_path):
+    """Every dtype safetensors stores, names that sort against their dtypes, an empty and a 0-d tensor,
+    metadata with quotes: byte for byte what the safetensors library writes, tensors made one at a time."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"{i:02d}.{dtype}".replace("torch.", ""): (torch.randn(3, 5, generator=g) * 4).to(dtype)
+               for i, dtype in enumerate(_SAFETENSORS_DTYPES.values())}
+    tensors |= {"a.empty": torch.zeros(0, 4), "z.scalar": torch.tensor(7, dtype=torch.int32),
+                "m.bf16": torch.randn(2, 9, generator=g).bfloat16()}
+    metadata = {"gemma_edge": '{"format": "x", "quantized": {"a": "int4"}}'}
+    save_file(tensors, str(tmp_path / "library.safetensors"), metadata=metadata)
+    made = []
+    save_safetensors_streamed({n: (lambda device, t=t, n=n: made.append((n, device)) or t.to(device))
+                               for n, t in tensors.items()}, tmp_path / "streamed.safetensors", metadata)
+    assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "library.safetensors").read_bytes()
+    assert sorted(n for n, d in made if d == "cpu") == sorted(tensors)  # each made once for its data
 
 
 @pytest.mark.parametrize("damage", ["header_past_end", "data_past_end"])

@@ -133,6 +133,10 @@ class OnnxMultimodalRunner:
     def pos(self) -> int:
         return self.decoder.pos
 
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
+
     def reset(self) -> None:
         self.decoder.reset()
 

@@ -124,6 +124,17 @@ def test_parity_harness_fails_a_causal_image_decoder(exported):
     assert any(f.startswith(prompt[0]) and "max |dlogit|" in f for f in report.failures)
 
 
+def test_bench_measures_the_multimodal_folder_on_text(exported, capsys):
+    """The 4B's folder is multimodal: `gemma-edge bench` runs its text path (embedding + decoder)."""
+    from gemma_edge.cli.main import main
+
+    _, out, _ = exported
+    assert main(["bench", str(out), "--prompt-len", "8", "--decode-tokens", "2", "--runs", "1", "--json"]) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(printed[printed.index("{"):])  # one folder: one JSON object, after the table
+    assert figures["decode_tok_s"] > 0 and figures["prefill_tok_s"] > 0
+
+
 def test_image_prompts_need_a_multimodal_artifact(exported, tmp_path):
     folder, _, _ = exported
     text_only = export_onnx(folder, tmp_path / "text", max_seq_len=64, text_only=True)

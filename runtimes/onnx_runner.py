@@ -154,8 +154,8 @@ class OnnxMultimodalRunner:
             raise GemmaEdgeError(f"the prompt has {soft} image soft tokens but the images give {given}; set "
                                  "runner.images to the preprocessed pixels and expand the prompt with image_processing")
         features = np.zeros((0, self.width), np.float32) if images is None else self.encode_images(images)
-        embeds = self.embedding.run(None, {"input_ids": np.asarray([list(tokens)], dtype=np.int64),
-                                           "image_features": features}, shrinking_arena() if len(tokens) > 1 else None)[0]
+        feed = {"input_ids": np.asarray([list(tokens)], dtype=np.int64), "image_features": features}
+        embeds = self.embedding.run(None, feed, shrinking_arena() if len(tokens) > 1 else None)[0]
         return self.decoder.run_inputs({"inputs_embeds": embeds}, embeds.shape[1])
 
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor:

@@ -40,6 +40,11 @@ def is_vision(name: str) -> bool:
     return name.startswith(VISION_PREFIXES)
 
 
+def tensors_for(vision: bool) -> Callable[[str], bool]:
+    """`QuantizedCheckpoint.load(only=)` for an export: every tensor with the tower, else the decoder's."""
+    return (lambda name: True) if vision else (lambda name: not is_vision(name))
+
+
 def is_quantized_checkpoint(path: Path) -> bool:
     """The one test for a QuantizedCheckpoint folder: it has the recipe it was made with."""
     return Path(path).is_dir() and (Path(path) / "recipe.json").exists()

@@ -307,16 +307,15 @@ def preprocess_shares_weights() -> Iterator[None]:
         return copy.deepcopy(edge_program, {id(t): t for values in (edge_program.state_dict, edge_program.constants)
                                             for t in values.values() if isinstance(t, torch.Tensor)})
 
-    had_own = "copy_exported_program_for_preprocess" in XnnpackBackend.__dict__
-    original = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
+    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")  # None: inherited
     XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing)
     try:
         yield
     finally:
-        if had_own:
-            XnnpackBackend.copy_exported_program_for_preprocess = original
-        else:
+        if own is None:
             del XnnpackBackend.copy_exported_program_for_preprocess
+        else:
+            XnnpackBackend.copy_exported_program_for_preprocess = own
 
 
 def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
@@ -365,14 +364,14 @@ def _write_program(program, path: Path) -> None:
 def pte_model(source: Path, max_seq_len: int, vision: bool) -> tuple[Gemma, VisionEncoder | None, Tokenizer]:
     """The modules to lower, from one read of `source`: the float reference, or the integer modules of a
     QuantizedCheckpoint; with `vision`, the tower too."""
-    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint, is_vision
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint, tensors_for
     from gemma_edge.model import load
     from gemma_edge.model.loader import load_vision
 
     if is_quantized_checkpoint(source):
         from .xnnpack_quant import quantized_pte_model, quantized_pte_vision
 
-        ckpt = QuantizedCheckpoint.load(source, only=(lambda name: True) if vision else (lambda n: not is_vision(n)))
+        ckpt = QuantizedCheckpoint.load(source, only=tensors_for(vision))
         if ckpt.tokenizer_model is None:
             raise GemmaEdgeError(f"{source}: no tokenizer.model; the .pte ships with one for the LLM runner")
         return (quantized_pte_model(ckpt, max_seq_len), quantized_pte_vision(ckpt) if vision else None,

@@ -71,12 +71,12 @@ class Weights:
 def read_weights(source: Path, vision: bool = False) -> Weights:
     """Every tensor the graphs read, once: a QuantizedCheckpoint's integers as they are, or an HF folder's
     floats; with `vision`, the tower's too (a text-only export drops them)."""
-    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint, is_vision
+    from gemma_edge.calibration.checkpoint import QuantizedCheckpoint, is_quantized_checkpoint, tensors_for
     from gemma_edge.model import read_checkpoint
     from gemma_edge.model.hf_checkpoint import read_state_dict
 
     if is_quantized_checkpoint(source):
-        ckpt = QuantizedCheckpoint.load(source, only=(lambda name: True) if vision else (lambda n: not is_vision(n)))
+        ckpt = QuantizedCheckpoint.load(source, only=tensors_for(vision))
         tok = Tokenizer(ckpt.tokenizer_model, bos_id=ckpt.config.bos_token_id) if ckpt.tokenizer_model else None
         return Weights(ckpt.config, ckpt.floats, ckpt.quantized, tok, ckpt.recipe.activations,
                        vision=VisionConfig.from_hf_dict(ckpt.multimodal_config or {}) if vision else None)

@@ -167,13 +167,15 @@ def _tokenizer_model(reader, path: Path) -> bytes:
     )
 
 
+_GLOBAL_GGUF_NAMES = {ours: theirs for theirs, ours in _GLOBAL_NAMES.items()}
+_LAYER_GGUF_NAMES = {ours: theirs for theirs, ours in _LAYER_NAMES.items()}
+
+
 def _gguf_name(our_name: str) -> str:
-    theirs = {ours: gguf_name for gguf_name, ours in _GLOBAL_NAMES.items()}
-    if our_name in theirs:
-        return theirs[our_name]
+    if our_name in _GLOBAL_GGUF_NAMES:
+        return _GLOBAL_GGUF_NAMES[our_name]
     _, index, *module, leaf = our_name.split(".")  # layers.{i}.{module path}.{weight}
-    layer = {ours: gguf_name for gguf_name, ours in _LAYER_NAMES.items()}[".".join(module)]
-    return f"blk.{index}.{layer}.{leaf}"
+    return f"blk.{index}.{_LAYER_GGUF_NAMES['.'.join(module)]}.{leaf}"
 
 
 def write_gguf(source: str | Path, out: str | Path, progress: bool = True) -> Path:
@@ -244,18 +246,16 @@ def _write_gguf(source: str | Path, path: Path, progress: bool, label: str) -> N
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
-    order = []
     for name, shape in shapes.items():
         norm = name.endswith("norm.weight")
         nbytes = int(np.prod(shape)) * (4 if norm else 2)
         w.add_tensor_info(_gguf_name(name), shape, np.dtype(np.float32 if norm else np.int16), nbytes,
                           raw_dtype=gguf.GGMLQuantizationType.F32 if norm else gguf.GGMLQuantizationType.BF16)
-        order.append(name)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     stored = ((name, t) for name, t in weights() if name in shapes)
-    for name, tensor in tqdm(stored, total=len(order), desc=f"write {label}", unit="tensor",
+    for name, tensor in tqdm(stored, total=len(shapes), desc=f"write {label}", unit="tensor",
                              disable=not progress):
         w.write_tensor_data(as_stored(name, tensor))
     w.close()

@@ -130,6 +130,17 @@ def register_kv(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -
     module.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
 
 
+def reset_kv(module: nn.Module, batch: int) -> None:
+    """Zero K and V; new buffers only when the batch changes (the exporters trace batch 1)."""
+    if module.k.shape[0] == batch:
+        module.k.zero_()
+        module.v.zero_()
+    else:
+        for name in ("k", "v"):
+            old = getattr(module, name)
+            setattr(module, name, old.new_zeros((batch, *old.shape[1:])))
+
+
 class FullKVCache(nn.Module):
     """Global layers: one slot per position up to `max_seq_len`."""
 
@@ -137,9 +148,8 @@ class FullKVCache(nn.Module):
         super().__init__()
         register_kv(self, (1, num_kv_heads, max_seq_len, head_dim), dtype)
 
-    def reset(self) -> None:
-        self.k.zero_()
-        self.v.zero_()
+    def reset(self, batch: int = 1) -> None:
+        reset_kv(self, batch)
 
     def attend(self, q, k, v, input_pos: torch.Tensor, scale: float, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Store the new keys/values at their positions, then attend causally over the cache.
@@ -165,9 +175,8 @@ class RingKVCache(nn.Module):
         self.window = window
         register_kv(self, (1, num_kv_heads, window, head_dim), dtype)
 
-    def reset(self) -> None:
-        self.k.zero_()
-        self.v.zero_()
+    def reset(self, batch: int = 1) -> None:
+        reset_kv(self, batch)
 
     def attend(self, q, k, v, input_pos: torch.Tensor, scale: float, groups: torch.Tensor | None = None) -> torch.Tensor:
         """q, k, v and the result are [B, T, heads, D]."""
@@ -290,9 +299,10 @@ class Gemma(nn.Module):
         self.inv_freq_global.copy_(rope_inv_freq(self.config.rope_global, self.config.head_dim))
         self.reset_caches()
 
-    def reset_caches(self) -> None:
+    def reset_caches(self, batch: int = 1) -> None:
+        """Empty caches for `batch` sequences decoded side by side (calibration samples several at once)."""
         for layer in self.layers:
-            layer.self_attn.cache.reset()
+            layer.self_attn.cache.reset(batch)
 
     def hidden(self, x: torch.Tensor, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Embedded (and scaled) inputs [1, T, hidden] -> final-norm hidden states; QAT calls this directly.

@@ -15,7 +15,7 @@ from gemma_edge.calibration.observers import CalibrationStats, collect_stats
 from gemma_edge.calibration.ptq import quantize_model
 from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
 from gemma_edge.cli.main import main
-from gemma_edge.model import GemmaEdgeError, load
+from gemma_edge.model import GemmaEdgeError, ReferenceRunner, Sampling, generate, load
 from gemma_edge.model.gemma import Gemma
 from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
 
@@ -166,6 +166,17 @@ def test_data_free_sampling_is_seeded(tiny):
     assert a == sample_sequences(tiny, 2, 12, seed=5, progress=False)
     assert a != sample_sequences(tiny, 2, 12, seed=6, progress=False)
     assert all(len(s) == 12 and s[0] == 2 for s in a)
+
+
+def test_data_free_sampling_in_batches_equals_each_sequence_alone(tiny, monkeypatch):
+    """Sequences decoded side by side (3 batches of at most 4 here) are those each decodes alone with its seed,
+    and the model is left at batch 1 for its next user."""
+    monkeypatch.setattr("gemma_edge.calibration.data.SAMPLE_BATCH", 4)
+    batched = sample_sequences(tiny, 10, 20, seed=3, progress=False)
+    alone = [[2] + generate(ReferenceRunner(tiny.model), [2], 19, Sampling(temperature=1.0, seed=3 + i))
+             for i in range(10)]
+    assert batched == alone and len({tuple(s) for s in batched}) == 10
+    assert all(layer.self_attn.cache.k.shape[0] == 1 for layer in tiny.model.layers)
 
 
 def test_calibration_files(tmp_path, tiny):

@@ -121,11 +121,13 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
     def make(folder: Path, ow: bool) -> None:
         from gemma_edge.calibration.ptq import quantize_model
         from gemma_edge.model.loader import iter_weights, load_skeleton
+        from gemma_edge.model.memory import return_freed_memory
 
         skeleton = load_skeleton(source)  # the float model is loaded only to compute statistics, then freed
         gptq = recipe.rounding == "gptq"
         stats = (_stats(skeleton, calibration, cache, progress, hessians=gptq) if recipe.clip == "mse" or gptq
                  else None)
+        return_freed_memory()  # the float model's pages, freed with it (4B: 2.7 GiB of the peak otherwise)
         quantize_model(skeleton, recipe, stats, progress=progress, weights=iter_weights(source)).save(
             folder, overwrite=ow)
 

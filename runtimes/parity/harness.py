@@ -3,7 +3,6 @@ and through its reference, hold the results to the thresholds."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 from pathlib import Path
@@ -14,6 +13,7 @@ from gemma_edge.export.manifest import read_manifest, verify_artifact
 from gemma_edge.model import generate, load
 from gemma_edge.model.digest import content_digest
 from gemma_edge.model.errors import GemmaEdgeError
+from gemma_edge.model.memory import return_freed_memory
 
 from .. import artifact_vision
 from ..backends import backend_of
@@ -158,16 +158,6 @@ def _open_checked(folder: Path):
     if backend_of(folder).probe_first:
         probe(folder)
     return open_runner(folder, threads=torch.get_num_threads(), verify=False)
-
-
-def return_freed_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; nothing elsewhere): the
-    tensors of a long prompt, once freed, otherwise stay in this process's heap and add to the next
-    prompt's peak."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _first_line(e: BaseException) -> str:

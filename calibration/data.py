@@ -60,9 +60,9 @@ SAMPLE_BATCH = 8  # sequences sampled side by side: one pass over the weights pe
 def sample_sequences(loaded: LoadedModel, n: int, seq_len: int, seed: int = 0, progress: bool = True) -> list[list[int]]:
     """Data-free calibration: `n` sequences sampled from the float model itself (temperature 1), sequence i
     with seed `seed + i`. They are decoded SAMPLE_BATCH at a time, which at 4B turns 8 x 255 steps, each
-    reading all 8 GB of weights, into 255. Each sequence draws from its own generator, so it is the one it
-    gets decoded alone but where batched matmuls round differently across a draw's boundary (the 270M's
-    8 x 256 in float32: identical; tests/test_ptq.py)."""
+    reading all 8 GB of weights, into 255. Each sequence draws from its own generator, so it equals the
+    sequence decoded alone unless a batched matmul's rounding moves a logit across a draw's boundary (the
+    270M's 8 x 256 in float32 are identical; a tiny model's in tests/test_ptq.py)."""
     model, bos = loaded.model, loaded.config.bos_token_id
     seqs: list[list[int]] = []
     bar = tqdm(total=n * (seq_len - 1), desc="sample calibration text", unit="tok", disable=not progress)

@@ -339,11 +339,12 @@ class Gemma(nn.Module):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False,
                 image_features: torch.Tensor | None = None, logits_from: int | None = None) -> torch.Tensor:
-        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (or [1, 1, vocab]; with
+        """tokens [B, T] at positions input_pos [T] -> logits [B, T, vocab] (or [B, 1, vocab]; with
         `logits_from`, [1, T - logits_from, vocab], computed LOGIT_CHUNK positions at a time: the head's
         transients stay small however long the prompt).
-        With `image_features`, the image soft tokens of `tokens` take them and attend bidirectionally
-        within each image; an image's tokens must all arrive in the same call."""
+        B > 1 needs caches of that batch (`reset_caches(B)`) and no images. With `image_features` (B = 1),
+        the image soft tokens of `tokens` take them and attend bidirectionally within each image; an
+        image's tokens must all arrive in the same call."""
         groups = None
         if image_features is not None:
             groups = image_groups(tokens[0] == self.config.image_token_id)

@@ -305,7 +305,7 @@ class Gemma(nn.Module):
             layer.self_attn.cache.reset(batch)
 
     def hidden(self, x: torch.Tensor, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """Embedded (and scaled) inputs [1, T, hidden] -> final-norm hidden states; QAT calls this directly.
+        """Embedded (and scaled) inputs [B, T, hidden] -> final-norm hidden states; QAT calls this directly.
         `groups` ([T], from `image_groups`) makes each image's positions attend to each other."""
         local = [t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_local, input_pos)]  # [T, 1, head_dim]
         global_ = [t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_global, input_pos)]
@@ -340,7 +340,7 @@ class Gemma(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_logits_only: bool = False,
                 image_features: torch.Tensor | None = None, logits_from: int | None = None) -> torch.Tensor:
         """tokens [B, T] at positions input_pos [T] -> logits [B, T, vocab] (or [B, 1, vocab]; with
-        `logits_from`, [1, T - logits_from, vocab], computed LOGIT_CHUNK positions at a time: the head's
+        `logits_from`, [B, T - logits_from, vocab], computed LOGIT_CHUNK positions at a time: the head's
         transients stay small however long the prompt).
         B > 1 needs caches of that batch (`reset_caches(B)`) and no images. With `image_features` (B = 1),
         the image soft tokens of `tokens` take them and attend bidirectionally within each image; an

@@ -29,6 +29,7 @@ from gemma_edge.model.atomic import check_output_path
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.gemma import (Gemma, RMSNorm, as_dtype, attention_mask, full_cache_key_groups, gelu_tanh_explicit,
                                     image_groups, register_kv, ring_key_groups, ring_key_positions, rotate_half)
+from gemma_edge.model.memory import large_allocations_mapped
 from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionEncoder
@@ -339,18 +340,19 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
             programs[name] = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=False)
     bar.update()
     bar.set_postfix_str("lower to XNNPACK")
-    with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
-        edge = to_edge_transform_and_lower(
-            programs["forward"] if vision is None else programs, partitioner=[XnnpackPartitioner()],
-            compile_config=EdgeCompileConfig(_check_ir_validity=False),
-            constant_methods=runner_metadata(model, stop_ids))
-    bar.update()
-    bar.set_postfix_str("ExecuTorch program")
-    et = edge.to_executorch(ExecutorchBackendConfig(
-        extract_delegate_segments=True,
-        do_quant_fusion_and_const_prop=True,
-        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+    with large_allocations_mapped():  # 4B: 14.1 -> 10.1 GiB
+        with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
+            edge = to_edge_transform_and_lower(
+                programs["forward"] if vision is None else programs, partitioner=[XnnpackPartitioner()],
+                compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                constant_methods=runner_metadata(model, stop_ids))
+        bar.update()
+        bar.set_postfix_str("ExecuTorch program")
+        et = edge.to_executorch(ExecutorchBackendConfig(
+            extract_delegate_segments=True,
+            do_quant_fusion_and_const_prop=True,
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
     bar.update()
     bar.close()
     return et

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+from typing import Iterator
 
 
 def return_freed_memory() -> None:
@@ -13,3 +15,26 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+DYNAMIC_CEILING = 32 << 20  # the largest threshold glibc's own adjustment reaches on 64-bit
+
+
+@contextlib.contextmanager
+def large_allocations_mapped(threshold: int = 4 << 20) -> Iterator[None]:
+    """Within this block every allocation of `threshold` bytes or more gets pages of its own, returned to
+    the system when freed. glibc otherwise raises its threshold as large blocks are freed (up to 32 MiB), and
+    blocks below it are carved from the heap, whose freed pages stay with the process: ExecuTorch's lowering
+    of the 4B peaked 14.1 GiB that way, 10.1 with this (same .pte, same time). Afterwards the threshold stays
+    fixed at glibc's dynamic ceiling (setting it ends glibc's adjustment for the process)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    mallopt(M_MMAP_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        mallopt(M_MMAP_THRESHOLD, DYNAMIC_CEILING)

@@ -54,6 +54,7 @@ def token_sequences(texts: Sequence[str], tokenizer: Tokenizer, seq_len: int, ma
 
 
 SAMPLE_BATCH = 8  # sequences sampled side by side: one pass over the weights per step serves them all
+TEMPERATURE_1 = Sampling(temperature=1.0)  # each sequence's generator carries its seed
 
 
 @torch.no_grad()
@@ -75,7 +76,7 @@ def sample_sequences(loaded: LoadedModel, n: int, seq_len: int, seed: int = 0, p
                 tokens = torch.tensor([[s[-1]] for s in batch])
                 logits = model(tokens, torch.tensor([pos]), last_logits_only=True)[:, -1].float()
                 for s, row, g in zip(batch, logits, generators):
-                    s.append(sample(row, Sampling(temperature=1.0), g))
+                    s.append(sample(row, TEMPERATURE_1, g))
                 bar.update(len(batch))
             seqs += batch
     finally:

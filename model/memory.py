@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 from typing import Iterator
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (which has `malloc_trim` and `mallopt`); None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
 
 
 def return_freed_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; nothing elsewhere). Tensors
     below glibc's mmap threshold (raised up to 32 MiB as large blocks are freed) live in the heap, and once
     freed their pages stay with this process: a freed model's weights, a long prompt's activations."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if _glibc() is not None:
+        _glibc().malloc_trim(0)
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
@@ -28,13 +37,12 @@ def large_allocations_mapped(threshold: int = 4 << 20) -> Iterator[None]:
     blocks below it are carved from the heap, whose freed pages stay with the process: ExecuTorch's lowering
     of the 4B peaked 14.1 GiB that way, 10.1 with this (same .pte, same time). Afterwards the threshold stays
     fixed at glibc's dynamic ceiling (setting it ends glibc's adjustment for the process)."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         yield
         return
-    mallopt(M_MMAP_THRESHOLD, threshold)
+    libc.mallopt(M_MMAP_THRESHOLD, threshold)
     try:
         yield
     finally:
-        mallopt(M_MMAP_THRESHOLD, DYNAMIC_CEILING)
+        libc.mallopt(M_MMAP_THRESHOLD, DYNAMIC_CEILING)

@@ -58,25 +58,33 @@ TEMPERATURE_1 = Sampling(temperature=1.0)  # each sequence's generator carries i
 
 
 @torch.no_grad()
-def sample_sequences(loaded: LoadedModel, n: int, seq_len: int, seed: int = 0, progress: bool = True) -> list[list[int]]:
-    """Data-free calibration: `n` sequences sampled from the float model itself (temperature 1), sequence i
-    with seed `seed + i`. They are decoded SAMPLE_BATCH at a time, which at 4B turns 8 x 255 steps, each
-    reading all 8 GB of weights, into 255. Each sequence draws from its own generator, so it equals the
-    sequence decoded alone unless a batched matmul's rounding moves a logit across a draw's boundary (the
-    270M's 8 x 256 in float32 are identical; a tiny model's in tests/test_ptq.py)."""
-    model, bos = loaded.model, loaded.config.bos_token_id
+def sample_sequences(loaded: LoadedModel, n: int, seq_len: int, seed: int = 0, progress: bool = True,
+                     prompts: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    """Data-free calibration: `n` sequences the float model writes itself (temperature 1), sequence i with
+    seed `seed + i`, starting from prompt i mod len(prompts) (by default `prompts.calibration_prompts`:
+    requests in several languages and for code) cut to at most half the sequence; `prompts=[[bos]]` samples
+    from BOS alone. They are decoded SAMPLE_BATCH at a time, which at 4B turns 8 x 255 steps, each reading
+    all 8 GB of weights, into 255. Each sequence draws from its own generator, so it equals the sequence
+    decoded alone unless a batched matmul's rounding moves a logit across a draw's boundary (a tiny model's
+    are identical: tests/test_ptq.py)."""
+    from .prompts import calibration_prompts
+
+    model = loaded.model
+    if prompts is None:
+        prompts = calibration_prompts(loaded.tokenizer)
+    starts = [list(prompts[i % len(prompts)][:max(1, seq_len // 2)]) for i in range(n)]
     seqs: list[list[int]] = []
     bar = tqdm(total=n * (seq_len - 1), desc="sample calibration text", unit="tok", disable=not progress)
     try:
         for first in range(0, n, SAMPLE_BATCH):
-            batch = [[bos] for _ in range(first, min(n, first + SAMPLE_BATCH))]
+            batch = [[p[0]] for p in starts[first:first + SAMPLE_BATCH]]
             generators = [torch.Generator().manual_seed(seed + first + i) for i in range(len(batch))]
             model.reset_caches(len(batch))
             for pos in range(seq_len - 1):
                 tokens = torch.tensor([[s[-1]] for s in batch])
                 logits = model(tokens, torch.tensor([pos]), last_logits_only=True)[:, -1].float()
-                for s, row, g in zip(batch, logits, generators):
-                    s.append(sample(row, TEMPERATURE_1, g))
+                for s, p, row, g in zip(batch, starts[first:], logits, generators):
+                    s.append(p[pos + 1] if pos + 1 < len(p) else sample(row, TEMPERATURE_1, g))
                 bar.update(len(batch))
             seqs += batch
     finally:

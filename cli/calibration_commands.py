@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,16 +53,14 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from gemma_edge.calibration.recipe import QuantRecipe
     from gemma_edge.pipeline.build import Calibration, quantize
 
     recipe = QuantRecipe.load(args.recipe)
     if args.clip:
         recipe = dataclasses.replace(recipe, clip=args.clip)
-    if args.rounding:
-        recipe = dataclasses.replace(recipe, rounding=args.rounding)
+    if args.rounding or args.stats or args.unweighted:  # a preset's gptq needs the sequences these two lack
+        recipe = dataclasses.replace(recipe, rounding=args.rounding or "nearest")
     calibration = Calibration(Path(args.stats) if args.stats else None, tuple(map(Path, args.calib)), args.samples,
                               args.seq_len, data_free=not args.unweighted, seed=args.seed)
     out = quantize(args.model, args.out, recipe, calibration, cache=not args.no_cache, overwrite=args.overwrite)
@@ -160,7 +159,8 @@ def _qat_init(args: argparse.Namespace, loaded, recipe, sequences, progress: boo
         if init.recipe.name != recipe.name:
             raise GemmaEdgeError(f"{args.init}: made with recipe {init.recipe.name!r}, not --recipe {recipe.name!r}")
         return init
-    return quantize_model(loaded, recipe, collect_stats(loaded.model, sequences[:8], progress), progress=progress)
+    start = dataclasses.replace(recipe, rounding="nearest")  # QAT learns the rounding
+    return quantize_model(loaded, start, collect_stats(loaded.model, sequences[:8], progress), progress=progress)
 
 
 def cmd_qat(args: argparse.Namespace) -> None:
@@ -211,7 +211,7 @@ def cmd_import_qat(args: argparse.Namespace) -> None:
     from gemma_edge.calibration.recipe import QuantRecipe
     from gemma_edge.model.atomic import check_output_path
 
-    recipe = QuantRecipe.load(args.recipe)
+    recipe = dataclasses.replace(QuantRecipe.load(args.recipe), rounding="nearest")  # the grid is the release's
     check_output_path(args.out, [args.model], args.overwrite)
     ckpt = import_grid(_load_model(args.model, 64), recipe)
     out = ckpt.save(args.out, overwrite=args.overwrite)
@@ -222,7 +222,7 @@ def cmd_import_qat(args: argparse.Namespace) -> None:
 def _calib_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", "--data", nargs="+", default=[], metavar="FILE", dest="calib",
                    help="calibration text (.txt, or .jsonl with a 'text' field); default: sample from the model")
-    p.add_argument("--samples", type=positive_int, default=8, help="number of calibration sequences")
+    p.add_argument("--samples", type=positive_int, default=16, help="number of calibration sequences")
     p.add_argument("--seq-len", type=positive_int, default=256, help="tokens per calibration sequence")
     p.add_argument("--seed", type=seed, default=0, help="seed for data-free sampling")
 
@@ -255,9 +255,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--clip", choices=["mse", "minmax"], help="override the recipe's clipping method")
     p.add_argument("--rounding", choices=["nearest", "gptq"],
-                   help="override the recipe's rounding: gptq re-rounds the projections and a separate LM head with "
-                   "error feedback from the calibration activations (better on text like the calibration data, "
-                   "worse elsewhere: docs/quantization.md)")
+                   help="override the recipe's rounding. The integer presets use gptq: the projections and a "
+                   "separate LM head are re-rounded with error feedback from the calibration activations "
+                   "(docs/quantization.md); it needs calibration sequences, so with --stats or --unweighted "
+                   "rounding is nearest")
     p.add_argument("--stats", help="calibration folder from `gemma-edge calibrate` (activation-weighted search)")
     p.add_argument("--unweighted", action="store_true",
                    help="weigh every input feature alike in the clip search (no calibration statistics)")

@@ -307,12 +307,16 @@ class Gemma(nn.Module):
     def hidden(self, x: torch.Tensor, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Embedded (and scaled) inputs [B, T, hidden] -> final-norm hidden states; QAT calls this directly.
         `groups` ([T], from `image_groups`) makes each image's positions attend to each other."""
-        local = [t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_local, input_pos)]  # [T, 1, head_dim]
-        global_ = [t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_global, input_pos)]
+        local, global_ = self.rope_tables(input_pos)
         for layer in self.layers:
             cos, sin = local if layer.is_sliding else global_
             x = layer(x, input_pos, cos, sin, groups)
         return self.norm(x)
+
+    def rope_tables(self, input_pos: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """[cos, sin] ([T, 1, head_dim]) at `input_pos` for sliding layers (local base) and for global ones."""
+        return ([t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_local, input_pos)],
+                [t.unsqueeze(1) for t in rope_cos_sin(self.inv_freq_global, input_pos)])
 
     def embed(self, tokens: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled token embeddings [1, T, hidden]; with `image_features` ([images, tokens per image, hidden],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -85,7 +86,7 @@ class Calibration:
 
     stats: Path | None = None
     texts: tuple[Path, ...] = ()
-    samples: int = 8
+    samples: int = 16
     seq_len: int = 256
     data_free: bool = True
     seed: int = 0
@@ -125,11 +126,13 @@ def quantize(source: str | Path, out: str | Path, recipe: str | QuantRecipe,
 
         skeleton = load_skeleton(source)  # the float model is loaded only to compute statistics, then freed
         gptq = recipe.rounding == "gptq"
-        stats = (_stats(skeleton, calibration, cache, progress, hessians=gptq) if recipe.clip == "mse" or gptq
-                 else None)
-        return_freed_memory()  # the freed float model's heap pages (4B: 0.3 GB left after its statistics)
-        quantize_model(skeleton, recipe, stats, progress=progress, weights=iter_weights(source)).save(
-            folder, overwrite=ow)
+        # GPTQ's Hessians wait on disk beside the output (4B: 19 GB) until their weight is rounded
+        with tempfile.TemporaryDirectory(dir=Path(folder).parent, prefix=".gptq-hessians-") as hessians:
+            stats = (_stats(skeleton, calibration, cache, progress, hessians=Path(hessians) if gptq else None)
+                     if recipe.clip == "mse" or gptq else None)
+            return_freed_memory()  # the freed float model's heap pages (4B: 0.3 GB left after its statistics)
+            quantize_model(skeleton, recipe, stats, progress=progress, weights=iter_weights(source)).save(
+                folder, overwrite=ow)
 
     return _stage("quantize", out, [source, *calibration.inputs],
                   {"recipe": recipe.to_dict(), "calibration": calibration.describe()}, make, cache, overwrite,
@@ -152,17 +155,18 @@ def _load_for_calibration(skeleton, seq_len: int):
     return load(skeleton.source, max_seq_len=seq_len, dtype=dtype, progress=False)
 
 
-def _stats(skeleton, calibration: Calibration, cache: BuildCache | bool, progress: bool, hessians: bool = False):
+def _stats(skeleton, calibration: Calibration, cache: BuildCache | bool, progress: bool,
+           hessians: Path | None = None):
     """The calibration statistics of the weighted clip search (None without any), with GPTQ's Hessians
-    attached when `hessians`: they need the calibration sequences themselves, which the data-free cache
-    entry keeps beside the statistics. The float model is loaded only when they are computed here."""
+    attached (kept in the folder `hessians`) when one is given: they need the calibration sequences, which
+    the data-free cache entry keeps beside the statistics. The float model is loaded only when needed."""
     from gemma_edge.calibration.data import read_texts, token_sequences
     from gemma_edge.calibration.gptq import collect_hessians
     from gemma_edge.calibration.observers import CalibrationStats, collect_stats
     from gemma_edge.model.errors import GemmaEdgeError
 
     if calibration.stats is not None or not calibration.weighted:
-        if hessians:
+        if hessians is not None:
             raise GemmaEdgeError("rounding gptq needs calibration sequences: give --data FILE or let quantize sample "
                                  "them (drop --stats and --unweighted)")
         return CalibrationStats.load(calibration.stats) if calibration.stats is not None else None
@@ -179,8 +183,8 @@ def _stats(skeleton, calibration: Calibration, cache: BuildCache | bool, progres
         stats = collect_stats(model().model, sequences, progress=progress)
     else:
         stats, sequences = _sampled_stats(skeleton.source, model, calibration, cache, progress)
-    if hessians:
-        stats.hessians = collect_hessians(model().model, sequences, progress)
+    if hessians is not None:
+        stats.hessians = collect_hessians(model().model, sequences, hessians, progress)
     return stats
 
 

@@ -58,13 +58,17 @@ def test_recipe_rounding_round_trips_and_is_checked(tmp_path):
 
 def test_cli_quantize_with_gptq_rounding(tmp_path, tiny_dir, capsys):
     """`--rounding gptq` re-rounds the projections and the separate head (not the lookup table), records it,
-    and changes the integers against nearest rounding with the same data-free statistics; a shared table
-    keeps its PTQ rounding; statistics without their sequences are refused."""
+    and changes the integers against nearest rounding with the same data-free statistics; it is the integer
+    presets' default; a shared table keeps its PTQ rounding; statistics without their sequences are refused
+    when gptq is asked for, and round to nearest when it is only the preset's default."""
     common = ["--samples", "2", "--seq-len", "16", "--no-cache"]
     assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "g"),
                  "--rounding", "gptq", *common]) == 0
     assert "GPTQ rounding" in capsys.readouterr().out
-    assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "n"), *common]) == 0
+    assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "d"), *common]) == 0
+    assert (tmp_path / "d" / "model.safetensors").read_bytes() == (tmp_path / "g" / "model.safetensors").read_bytes()
+    assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "n"),
+                 "--rounding", "nearest", *common]) == 0
     from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
 
     g, n = QuantizedCheckpoint.load(tmp_path / "g"), QuantizedCheckpoint.load(tmp_path / "n")
@@ -84,3 +88,28 @@ def test_cli_quantize_with_gptq_rounding(tmp_path, tiny_dir, capsys):
     assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "u"),
                  "--rounding", "gptq", "--unweighted"]) == 2
     assert "rounding gptq needs calibration sequences" in capsys.readouterr().err
+    assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "u"),
+                 "--unweighted"]) == 0
+    assert QuantizedCheckpoint.load(tmp_path / "u").recipe.rounding == "nearest"
+
+
+def test_hessians_layer_by_layer_equal_one_forward_pass(tmp_path):
+    """The layer-major pass (sequences side by side through one layer at a time, each layer's Hessians on disk
+    when it ends) gives E[x xᵀ] of every projection's and the head's input as hooks on one ordinary forward
+    pass per sequence do."""
+    from gemma_edge.calibration.gptq import collect_hessians
+    from gemma_edge.calibration.observers import observe_inputs
+    from gemma_edge.model import load
+    from gemma_edge.model.tiny import tiny_config, write_tiny_checkpoint
+
+    model = load(write_tiny_checkpoint(tmp_path / "tiny", tiny_config())).model
+    g = torch.Generator().manual_seed(0)
+    seqs = [[2] + torch.randint(3, 200, (23,), generator=g).tolist() for _ in range(11)]  # batches of 8 and 3
+    sums = {}
+    observe_inputs(model, seqs, lambda n, x: sums.__setitem__(n, sums.get(n, 0) + x.reshape(-1, x.shape[-1]).T
+                                                                @ x.reshape(-1, x.shape[-1])), progress=False)
+    got = collect_hessians(model, seqs, tmp_path / "h", progress=False)
+    assert sorted(got) == sorted(sums) and len(list((tmp_path / "h").iterdir())) == model.config.num_layers + 1
+    for name, s in sums.items():
+        torch.testing.assert_close(got[name], s / (11 * 24), rtol=1e-5, atol=1e-6)
+    assert all(layer.self_attn.cache.k.shape[0] == 1 for layer in model.layers)

@@ -172,10 +172,26 @@ def test_data_free_sampling_in_batches_equals_each_sequence_alone(tiny, monkeypa
     """Sequences decoded side by side (3 batches of at most 4 here) are those each decodes alone with its seed,
     and the model is left at batch 1 for its next user."""
     monkeypatch.setattr("gemma_edge.calibration.data.SAMPLE_BATCH", 4)
-    batched = sample_sequences(tiny, 10, 20, seed=3, progress=False)
+    batched = sample_sequences(tiny, 10, 20, seed=3, progress=False, prompts=[[2]])
     alone = [[2] + generate(ReferenceRunner(tiny.model), [2], 19, Sampling(temperature=1.0, seed=3 + i))
              for i in range(10)]
     assert batched == alone and len({tuple(s) for s in batched}) == 10
+    assert all(layer.self_attn.cache.k.shape[0] == 1 for layer in tiny.model.layers)
+
+
+def test_data_free_sampling_starts_from_the_multilingual_requests(tiny, monkeypatch):
+    """By default sequence i opens with request i mod 16 in the chat template (cut to half the sequence) and the
+    model writes the rest, as it would decoding alone from that prompt; the requests span languages."""
+    from gemma_edge.calibration.prompts import REQUESTS
+    from gemma_edge.model.tokenizer import format_chat
+
+    assert {"用中文写一段关于城市生活的短文。", "Schreibe einen kurzen Bericht über das Wetter in den Alpen."} <= set(REQUESTS)
+    monkeypatch.setattr("gemma_edge.calibration.data.SAMPLE_BATCH", 4)
+    seqs = sample_sequences(tiny, 18, 40, seed=3, progress=False)
+    for i, s in enumerate(seqs):
+        prompt = tiny.tokenizer.encode(format_chat([{"role": "user", "content": REQUESTS[i % 16]}]))[:20]
+        alone = generate(ReferenceRunner(tiny.model), prompt, 40 - len(prompt), Sampling(temperature=1.0, seed=3 + i))
+        assert s == prompt + alone
     assert all(layer.self_attn.cache.k.shape[0] == 1 for layer in tiny.model.layers)
 
 
@@ -222,10 +238,11 @@ def test_quantize_weighs_by_data_free_statistics_by_default(tmp_path, tiny_dir):
         return (tmp_path / name / "model.safetensors").read_bytes()
 
     assert main(["calibrate", str(tiny_dir), "--out", str(tmp_path / "stats"), *small]) == 0
-    explicit = weights("q-stats", "--stats", str(tmp_path / "stats"), "--no-cache")
-    assert weights("q-default", "--no-cache") == explicit
-    assert weights("q-cached") == explicit
+    explicit = weights("q-stats", "--stats", str(tmp_path / "stats"), "--no-cache")  # rounds to nearest
+    assert weights("q-default", "--no-cache", "--rounding", "nearest") == explicit
+    assert weights("q-cached", "--rounding", "nearest") == explicit
     assert weights("q-plain", "--unweighted", "--no-cache") != explicit
+    assert weights("q-gptq", "--no-cache") == weights("q-gptq-cached")  # the preset's default, through the cache
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -44,7 +44,7 @@ def main(out: Path, steps: int = 300, sequences: int = 128) -> None:
     tokens = loaded.tokenizer.encode(held_out_text())
     recipe = PRESETS["int4-block32"]
     train_seqs = token_sequences([train_txt.read_text()], loaded.tokenizer, 256, 8)
-    free_seqs = sample_sequences(loaded, 8, 256, seed=0, progress=False)
+    free_seqs = sample_sequences(loaded, 8, 256, seed=0, progress=False, prompts=[[loaded.config.bos_token_id]])
     rows = [("float32 (teacher)", None)]
     rows.append(("PTQ, MSE clip", quantize_model(loaded, recipe, progress=False)))
     rows.append(("PTQ, MSE clip weighted by data-free activations",

@@ -39,7 +39,7 @@ def main(out_dir: Path, only: set[str] | None = None) -> None:
         rows = [r for r in rows if r[0] in only]
     stats = None
     if any(weighted for _, _, weighted in rows):
-        seqs = sample_sequences(loaded, 8, 256, seed=0, progress=False)
+        seqs = sample_sequences(loaded, 8, 256, seed=0, progress=False, prompts=[[loaded.config.bos_token_id]])
         stats = collect_stats(loaded.model, seqs, progress=False)
     print(f"held-out tokens: {base.tokens}; float32 perplexity {base.perplexity:.3f}\n")
     print("| recipe | clip | checkpoint size | perplexity | KL(float‖q) | top-1 agreement | quantize time |")

@@ -111,13 +111,24 @@ class FakeQuant(nn.Module):
                              self.zero_point)
 
 
+@torch.no_grad()
+def start_on_grid(w: torch.Tensor, q: QTensor) -> torch.Tensor:
+    """The latent weight QAT starts from: the float weight, moved onto `q`'s level wherever `q` does not round
+    it to nearest (GPTQ's rounding, an imported grid), so that the student starts at `q`'s integers exactly."""
+    latent = w.detach().float().clone()
+    if q.scale is not None:  # integer grids (fp8 has no integers to keep)
+        off = quantize_with(latent, q.fmt, q.scale.float(), q.zero_point).qdata != q.qdata
+        latent[off] = q.dequantize().float()[off]
+    return latent
+
+
 class QuantWeight(nn.Module):
     """A latent float weight and its quantizer; `rows(index)` fake-quantizes only the rows it needs
     (an embedding lookup, or the LM-head rows of the teacher's top-k tokens)."""
 
     def __init__(self, w: torch.Tensor, q: QTensor, trainable: bool):
         super().__init__()
-        self.latent = nn.Parameter(w.detach().float().clone(), requires_grad=trainable)
+        self.latent = nn.Parameter(start_on_grid(w, q), requires_grad=trainable)
         self.quant = FakeQuant(q)
 
     def forward(self) -> torch.Tensor:

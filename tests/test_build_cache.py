@@ -259,19 +259,29 @@ def test_parity_reports_are_cached_by_content(store, tiny, tmp_path):
 
 def test_a_statistics_hit_loads_no_model_and_a_large_model_calibrates_in_bfloat16(store, tiny, tmp_path, monkeypatch):
     """The data-free statistics are sampled once per checkpoint: a second quantize takes them from the cache
-    without building the float model; above BFLOAT16_ABOVE parameters calibration runs in bfloat16."""
+    without building the float model, unless it rounds with GPTQ, whose Hessians (never cached) need the
+    model but not new samples; above BFLOAT16_ABOVE parameters calibration runs in bfloat16."""
+    import dataclasses
+
     import torch
 
-    loads = []
-    real = pipeline._load_for_calibration
+    from gemma_edge.calibration import data
+    from gemma_edge.calibration.recipe import PRESETS
+
+    loads, samples = [], []
+    real, real_sample = pipeline._load_for_calibration, data.sample_sequences
     monkeypatch.setattr(pipeline, "_load_for_calibration", lambda *a: loads.append(real(*a)) or loads[-1])
+    monkeypatch.setattr(data, "sample_sequences", lambda *a, **k: samples.append(1) or real_sample(*a, **k))
     pipeline.quantize(tiny, tmp_path / "a", "int4-block32", cache=store, progress=False)
-    pipeline.quantize(tiny, tmp_path / "b", "int4-channel", cache=store, progress=False)
+    nearest = dataclasses.replace(PRESETS["int4-channel"], rounding="nearest")
+    pipeline.quantize(tiny, tmp_path / "b", nearest, cache=store, progress=False)
     assert len(loads) == 1 and loads[0].model.embed_tokens.weight.dtype == torch.float32
+    pipeline.quantize(tiny, tmp_path / "c", "int4-channel", cache=store, progress=False)
+    assert len(loads) == 2 and len(samples) == 1
     monkeypatch.setattr(pipeline, "BFLOAT16_ABOVE", 0)
-    pipeline.quantize(tiny, tmp_path / "c", "int4-block32", pipeline.Calibration(samples=2, seq_len=16),
+    pipeline.quantize(tiny, tmp_path / "d", "int4-block32", pipeline.Calibration(samples=2, seq_len=16),
                       cache=store, progress=False)
-    assert len(loads) == 2 and loads[1].model.embed_tokens.weight.dtype == torch.bfloat16
+    assert len(loads) == 3 and loads[2].model.embed_tokens.weight.dtype == torch.bfloat16
 
 
 def test_a_stage_in_a_fresh_process_returns_its_result_and_its_error(tmp_path):

@@ -1,5 +1,6 @@
 """QAT and the grid import on tiny models: gradients, the STE, bit-exact resume, exact scale recovery."""
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
 from gemma_edge.calibration.evaluate import evaluate
 from gemma_edge.calibration.formats import QuantFormat, fake_quantize
 from gemma_edge.calibration.grid_import import grid_qtensor, import_grid
-from gemma_edge.calibration.ptq import quantize_model
+from gemma_edge.calibration.ptq import float_weights, quantize_model
 from gemma_edge.calibration.qat import Processes, QATConfig, QATStudent, teacher_target, train
 from gemma_edge.calibration.recipe import PRESETS, QuantRecipe
 from gemma_edge.cli.main import main
@@ -97,6 +98,23 @@ def test_student_starts_at_the_ptq_checkpoint_and_gradients_reach_every_scale(ti
     for name, qw in student.quantized.items():
         assert qw.quant.log_scale.grad is not None and qw.quant.log_scale.grad.abs().sum() > 0, name
         assert qw.latent.grad.abs().sum() > 0, name
+
+
+def test_student_starts_at_integers_that_are_not_nearest_rounding(tiny):
+    """An init whose integers are not the float weights' nearest rounding (GPTQ's, an imported grid) is where
+    the student starts too: the latent weight moves onto those levels, and only there."""
+    init = quantize_model(tiny, PRESETS["int4-block32"], progress=False)
+    name = "layers.0.mlp.down_proj.weight"
+    q = init.quantized[name]
+    codes = q.qdata.clone()
+    codes[0, :7] = torch.where(codes[0, :7] < 7, codes[0, :7] + 1, codes[0, :7] - 1)  # GPTQ-like one-level moves
+    moved = dataclasses.replace(init, quantized={**init.quantized, name: dataclasses.replace(q, qdata=codes)})
+    student = QATStudent(tiny, moved, QATConfig(seq_len=SEQ_LEN, top_k=8))
+    assert _same_integers(student.to_checkpoint(moved, {}), moved)
+    w = float_weights(tiny)[name]
+    latent = student.quantized[name].latent.detach()
+    assert torch.equal(latent[1:], w[1:]) and torch.equal(latent[0, 7:], w[0, 7:])
+    assert torch.equal(latent[0, :7], moved.quantized[name].dequantize()[0, :7].float())
 
 
 def test_top_k_covering_the_vocabulary_is_the_full_kl(tiny):

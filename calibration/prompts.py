@@ -3,7 +3,7 @@
 Sampled from BOS alone, the 270M writes mostly English prose, and GPTQ fitted to that loses on German,
 French and Chinese (docs/quantization.md). Each request below, in Gemma's chat template, starts one
 sequence; the model writes the rest. Written for the project (no held-out text: `heldout/` is never read
-here); order matters (sequence i takes request i mod 16), so the first eight already span the languages.
+here); order matters (sequence i takes request i mod 16): the first eight mix seven languages and code.
 """
 
 from __future__ import annotations

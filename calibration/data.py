@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -13,6 +13,8 @@ from gemma_edge.model import LoadedModel, Sampling
 from gemma_edge.model.errors import GemmaEdgeError
 from gemma_edge.model.generate import sample
 from gemma_edge.model.tokenizer import Tokenizer
+
+T = TypeVar("T")
 
 
 def read_texts(paths: Sequence[str | Path]) -> list[str]:
@@ -169,8 +171,12 @@ def training_documents(held_out_chars: int = 40_000, chunk_chars: int = 4_000) -
     for name in TRAINING_CODE:
         src = inspect.getsource(importlib.import_module(name))
         code += [src[i:i + chunk_chars] for i in range(0, len(src), chunk_chars)]
-    kinds = [prose, chats, code]
-    return [kind[i] for i in range(max(map(len, kinds))) for kind in kinds if i < len(kind)]
+    return interleave(prose, chats, code)
+
+
+def interleave(*kinds: Sequence[T]) -> list[T]:
+    """The first of each kind, then the second of each, ...: any prefix mixes the kinds."""
+    return [kind[i] for i in range(max(map(len, kinds), default=0)) for kind in kinds if i < len(kind)]
 
 
 def _training_topics(held_out_chars: int) -> list[str]:

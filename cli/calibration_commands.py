@@ -22,13 +22,17 @@ def _calibration_sequences(args: argparse.Namespace, loaded):
 
 
 def _qat_sequences(args: argparse.Namespace, loaded):
-    """QAT's training text: --data, else the built-in mix of prose, chat turns and code that shares nothing with
-    the held-out domains (`training_documents`; sampling 256 sequences from the model would take an hour)."""
-    from gemma_edge.calibration.data import token_sequences, training_documents
+    """QAT's training text: --data, else the built-in English prose, chat turns and code that share nothing with
+    the held-out domains (`training_documents`) interleaved with --sampled sequences the float model writes from
+    the multilingual requests of data-free calibration (`sample_sequences`): no text in German, French,
+    Chinese, ... ships on this machine, and QAT learns only the domains it is shown (docs/quantization.md)."""
+    from gemma_edge.calibration.data import interleave, sample_sequences, token_sequences, training_documents
 
     if args.calib:
         return _calibration_sequences(args, loaded)
-    return token_sequences(training_documents(), loaded.tokenizer, args.seq_len, args.samples)
+    sampled = min(args.samples // 2 if args.sampled is None else args.sampled, args.samples)
+    written = token_sequences(training_documents(), loaded.tokenizer, args.seq_len, args.samples - sampled)
+    return interleave(written, sample_sequences(loaded, sampled, args.seq_len, seed=args.seed))
 
 
 def _load_model(model: str, max_seq_len: int):
@@ -147,20 +151,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.report}/eval.json" + (" and weight_errors.png" if reference else ""))
 
 
-def _qat_init(args: argparse.Namespace, loaded, recipe, sequences, progress: bool = True):
-    """The student's starting point: a given quantized checkpoint, or the better PTQ (MSE clipping weighted by
-    the training text's activations)."""
+def _qat_init(args: argparse.Namespace, recipe, progress: bool = True):
+    """The student's starting point: a given quantized checkpoint, or what `gemma-edge quantize` makes of
+    the teacher with this recipe (by default GPTQ on data-free samples; taken from the build cache when the
+    quickstart or a quantize made it already)."""
+    import tempfile
+
     from gemma_edge.calibration.checkpoint import QuantizedCheckpoint
-    from gemma_edge.calibration.observers import collect_stats
-    from gemma_edge.calibration.ptq import quantize_model
+    from gemma_edge.pipeline.build import quantize
 
     if args.init:
         init = QuantizedCheckpoint.load(args.init)
         if init.recipe.name != recipe.name:
             raise GemmaEdgeError(f"{args.init}: made with recipe {init.recipe.name!r}, not --recipe {recipe.name!r}")
         return init
-    start = dataclasses.replace(recipe, rounding="nearest")  # QAT learns the rounding
-    return quantize_model(loaded, start, collect_stats(loaded.model, sequences[:8], progress), progress=progress)
+    with tempfile.TemporaryDirectory(dir=Path(args.out).absolute().parent, prefix=".qat-init-") as tmp:
+        return QuantizedCheckpoint.load(quantize(args.model, Path(tmp) / "init", recipe, progress=progress))
 
 
 def cmd_qat(args: argparse.Namespace) -> None:
@@ -174,6 +180,9 @@ def cmd_qat(args: argparse.Namespace) -> None:
     cfg = QATConfig(steps=args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr, scale_lr=args.scale_lr, top_k=args.top_k,
                     train_weights=not args.scales_only, train_embedding=args.train_embedding,
                     grad_checkpointing=args.grad_checkpointing, save_every=args.save_every, seed=args.seed)
+    if args.calib and args.sampled is not None:
+        raise GemmaEdgeError("--sampled applies to the built-in training text; with --data every sequence is cut "
+                             "from the given files (drop one of the two)")
     recipe = QuantRecipe.load(args.recipe)
     if recipe.activations != "none":
         raise GemmaEdgeError(f"recipe {recipe.name!r} quantizes activations, which QAT does not simulate; "
@@ -191,10 +200,10 @@ def cmd_qat(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     with torchrun_processes() as procs:
         procs.share(cfg.batch)  # refuse a batch that does not split before loading anything
+        init = _qat_init(args, recipe, progress=procs.writes)  # before the teacher: its build loads the model too
         loaded = _load_model(args.model, cfg.seq_len)
         sequences = state["sequences"].tolist() if state is not None else procs.from_writer(
             lambda: _qat_sequences(args, loaded))
-        init = _qat_init(args, loaded, recipe, sequences, progress=procs.writes)
         ckpt = train(loaded, init, sequences, cfg, run_dir, resume=state, meta=meta)
         if not procs.writes:
             return
@@ -293,8 +302,8 @@ def register_qat(sub) -> None:
 
     d = QATConfig()
     p = add_command(sub, "qat", cmd_qat, "quantization-aware training: learn scales and weights by distillation",
-                    "Start from the PTQ checkpoint of --recipe (MSE clipping weighted by the training text's "
-                    "activations) or from --init, and train LSQ scales and latent weights with a straight-through "
+                    "Start from what `gemma-edge quantize` makes with --recipe (GPTQ on data-free samples for the "
+                    "integer presets; reused from the build cache) or from --init, and train LSQ scales and latent weights with a straight-through "
                     "estimator to minimise KL(float || quantized) on next-token distributions (the float model's "
                     "top-k logits renormalised, or --top-k 0 for the full vocabulary). Writes a QuantizedCheckpoint "
                     "that the exporters consume unchanged, and the training state to OUT.qat-state every "
@@ -309,11 +318,15 @@ def register_qat(sub) -> None:
     p.add_argument("--out", required=True, help="output QuantizedCheckpoint folder (written atomically)")
     p.add_argument("--data", dest="calib", nargs="+", default=[], metavar="FILE",
                    help="training text (.txt, or .jsonl with a 'text' field); default: the built-in English prose, chat "
-                        "turns and Python code that the held-out domains of `gemma-edge eval` never share")
+                        "turns and Python code that the held-out domains of `gemma-edge eval` never share, "
+                        "interleaved with --sampled sequences the model writes in several languages")
     p.add_argument("--sequences", dest="samples", type=positive_int, default=256, help="training sequences to cut")
+    p.add_argument("--sampled", type=non_negative_int, default=None, metavar="N",
+                   help="without --data: how many of the --sequences the float model writes from multilingual "
+                        "requests (data-free, temperature 1; about 6 s each at 270M); default: half")
     p.add_argument("--seq-len", type=positive_int, default=d.seq_len, help="tokens per training sequence")
     p.add_argument("--resume", metavar="DIR", help="an OUT.qat-state folder of an interrupted run")
-    p.add_argument("--init", metavar="DIR", help="start from this quantized checkpoint instead of PTQ "
+    p.add_argument("--init", metavar="DIR", help="start from this quantized checkpoint instead of the default PTQ "
                    "(e.g. one from `gemma-edge import-qat`)")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate of the latent weights")
     p.add_argument("--scale-lr", type=non_negative_float, default=d.scale_lr, help="Adam learning rate of the log-scales")

@@ -206,16 +206,45 @@ def test_off_grid_weights_are_refused(tmp_path):
         grid_qtensor(torch.randn(4, 64), QuantFormat.parse("int4_block32"), "w")
 
 
-def test_cli_qat_trains_on_the_built_in_text_without_data(tmp_path):
-    """Without --data QAT cuts its sequences from `training_documents()` (prose, chat turns, code; nothing of
-    the held-out domains), in order."""
-    from gemma_edge.calibration.data import token_sequences, training_documents
+def test_cli_qat_trains_on_the_built_in_text_and_samples_without_data(tmp_path, capsys):
+    """Without --data QAT cuts half its sequences from `training_documents()` (prose, chat turns, code; nothing
+    of the held-out domains) and interleaves them with as many the float model writes from the multilingual
+    requests, in order; --sampled sets how many, and is refused beside --data."""
+    from gemma_edge.calibration.data import sample_sequences, token_sequences, training_documents
 
     model = write_tiny_checkpoint(tmp_path / "tiny")
-    assert main(["qat", str(model), "--recipe", "int4-block32", "--steps", "2", "--seq-len", "16", "--sequences", "6",
-                 "--out", str(tmp_path / "q")]) in (0, None)
+    args = ["qat", str(model), "--recipe", "int4-block32", "--steps", "2", "--seq-len", "16", "--sequences", "6"]
+    assert main(args + ["--out", str(tmp_path / "q")]) in (0, None)
     used = qat.load_run(tmp_path / "q.qat-state")[2]["sequences"].tolist()
-    assert used == token_sequences(training_documents(), load(model).tokenizer, 16, 6)
+    loaded = load(model, max_seq_len=16)
+    assert used[0::2] == token_sequences(training_documents(), loaded.tokenizer, 16, 3)
+    assert used[1::2] == sample_sequences(loaded, 3, 16, seed=0, progress=False)
+    assert len({tuple(s) for s in used}) == 6
+
+    assert main(args + ["--sampled", "0", "--out", str(tmp_path / "q0")]) in (0, None)
+    assert qat.load_run(tmp_path / "q0.qat-state")[2]["sequences"].tolist() == token_sequences(
+        training_documents(), loaded.tokenizer, 16, 6)
+    text = tmp_path / "train.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    assert main(args + ["--sampled", "2", "--data", str(text), "--out", str(tmp_path / "q2")]) == 2
+    assert "--sampled applies to the built-in training text" in capsys.readouterr().err
+
+
+def test_cli_qat_starts_from_what_quantize_makes(tmp_path):
+    """Without --init the student starts at `gemma-edge quantize`'s checkpoint of the recipe (GPTQ on
+    data-free samples), not at a nearest rounding of its own."""
+    import argparse
+
+    from gemma_edge.cli.calibration_commands import _qat_init
+    from gemma_edge.calibration.recipe import QuantRecipe
+    from gemma_edge.pipeline.build import quantize
+
+    model = write_tiny_checkpoint(tmp_path / "tiny")
+    recipe = QuantRecipe.load("int4-block32")
+    assert recipe.rounding == "gptq"
+    init = _qat_init(argparse.Namespace(init=None, model=str(model), out=str(tmp_path / "q")), recipe, progress=False)
+    assert _same_integers(init, QuantizedCheckpoint.load(quantize(model, tmp_path / "ptq", recipe, progress=False)))
+    assert not list(tmp_path.glob(".qat-init-*"))
 
 
 def test_cli_qat_writes_a_checkpoint_and_resumes(tmp_path, capsys):

@@ -340,6 +340,11 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
             programs[name] = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=False)
     bar.update()
     bar.set_postfix_str("lower to XNNPACK")
+    from .xnnpack_quant import TiedTableHead
+
+    if isinstance(model.lm_head, TiedTableHead):
+        for program in programs.values():
+            tag_shared_table(program)
     with large_allocations_mapped():  # 4B: 14.1 -> 10.1 GiB
         with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
             edge = to_edge_transform_and_lower(
@@ -352,15 +357,35 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
             extract_delegate_segments=True,
             do_quant_fusion_and_const_prop=True,
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+            external_constants=_data_file_of))
     bar.update()
     bar.close()
     return et
 
 
-def _write_program(program, path: Path) -> None:
-    with open(path, "wb") as f:
+def tag_shared_table(program: torch.export.ExportedProgram) -> None:
+    """Mark the tied table's two uses (`xnnpack_quant.SHARED_TABLE`: the gather's bytes and the bytes XNNPACK
+    packs for `TiedTableHead`, equal by construction) for the same data file: XNNPACK files a tagged weight
+    there under its sha256, the emitter its tagged constants, and the file keeps one copy of equal blobs."""
+    from .xnnpack_quant import SHARED_TABLE, SHARED_TABLE_FILE
+
+    buffers = program.graph_signature.inputs_to_buffers
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and buffers.get(node.name, "").endswith(SHARED_TABLE):
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = SHARED_TABLE_FILE
+
+
+def _data_file_of(node: torch.fx.Node) -> str | None:
+    """The emitter's side of `tag_shared_table`: a constant that XNNPACK did not take goes to the tag's file."""
+    return node.meta.get("custom", {}).get("delegate_constant_tag")
+
+
+def _write_program(program, folder: Path) -> None:
+    """model.pte, and model.ptd when the program keeps data outside it (the shared table)."""
+    with open(folder / "model.pte", "wb") as f:
         program.write_to_file(f)
+    program.write_tensor_data_to_file(str(folder))  # nothing when it keeps none
 
 
 def pte_model(source: Path, max_seq_len: int, vision: bool) -> tuple[Gemma, VisionEncoder | None, Tokenizer]:
@@ -401,5 +426,5 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
         metadata["vision"] = vision_metadata(vision.config, settings_for(source, vision.config.image_size))
     return write_artifact(out, source, overwrite, artifact="model.pte", runtime="executorch",
                           tokenizer_model=tokenizer.serialized, metadata=metadata,
-                          write=lambda folder: _write_program(program, folder / "model.pte"),
+                          write=lambda folder: _write_program(program, folder),
                           activations="int8_dynamic" if is_quantized_checkpoint(source) else "none")

@@ -11,6 +11,8 @@ No scale is ever recomputed from float weights.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,6 +101,32 @@ class QuantEmbedding(nn.Module):
         return op(self.weight_int, self.scales, None, self.qmin, self.qmax, tokens)
 
 
+class TiedTableHead(DynActIntLinear):
+    """The LM head over the embedding's own integer table, so that the `.pte` stores the table once.
+
+    `embedding_4bit` reads element 2i of a row from the *high* nibble of byte i, while XNNPACK packs
+    `w + 8` with element 2i in the *low* nibble (`convert_to_qc4w` in its `node_visitor.py`). Given the
+    table with adjacent columns swapped, XNNPACK's bytes are the gather's bytes exactly; the head then swaps
+    adjacent features of its input to match, a permutation (exact, as a linear XNNPACK takes; a block of 32
+    keeps its pairs, so the scales are the table's, and per-token int8 quantization commutes with it). Both
+    kernels keep an int8 table as it is (no swap). `export.executorch` keeps both uses under one key of the
+    program's data file (`SHARED_TABLE`)."""
+
+    def __init__(self, q: QTensor):
+        swap = torch.arange(q.qdata.shape[1]) ^ 1 if q.fmt.bits == 4 else torch.arange(q.qdata.shape[1])
+        super().__init__(dataclasses.replace(q, qdata=q.qdata[:, swap]), LM_HEAD)
+        self.register_buffer("input_order", torch.eye(len(swap))[swap].contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.linear(x, self.input_order))
+
+
+# Buffers holding the tied table's bytes (the gather's and `TiedTableHead`'s) and the data file that keeps
+# them as one entry (ExecuTorch's named data store shares equal blobs between keys, within one file).
+SHARED_TABLE = ("embed_tokens.weight_int", "lm_head.weight_int")
+SHARED_TABLE_FILE = "model"  # -> model.ptd beside model.pte
+
+
 LINEAR: list[Lowering] = [Lowering("symmetric int4 per channel or per block of 32k, symmetric int8 per channel",
                                    _xnnpack_weights, DynActIntLinear)]
 EMBEDDING_GATHER: list[Lowering] = [Lowering("symmetric int4/int8", _symmetric_int, QuantEmbedding)]
@@ -127,8 +155,10 @@ def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
             model.lm_head = integer_linear(ckpt.quantized[LM_HEAD], LM_HEAD)
         elif LM_HEAD in ckpt.floats:
             model.lm_head = nn.Linear(ckpt.config.hidden_size, ckpt.config.vocab_size, bias=False, device="meta")
-        elif EMBEDDING in ckpt.quantized:  # one table, same integers
-            model.lm_head = integer_linear(ckpt.quantized[EMBEDDING], LM_HEAD)
+        elif EMBEDDING in ckpt.quantized:  # one table, same integers, stored once
+            q = ckpt.quantized[EMBEDDING]
+            _check_supported(LM_HEAD, q, LINEAR)
+            model.lm_head = TiedTableHead(q)
     return materialize(model, ckpt.floats).eval()
 
 

@@ -34,6 +34,13 @@ def check_pte_header(pte: Path) -> None:
                              "gemma-edge export pte")
 
 
+def data_file(pte: Path) -> str | None:
+    """model.ptd beside model.pte: the data the program keeps outside it (the tied table, stored once), which
+    every runtime must be given with the program (`data_path`; Android's `LlmModuleConfig.dataPath`)."""
+    ptd = pte.with_suffix(".ptd")
+    return str(ptd) if ptd.is_file() else None
+
+
 def load_program(pte: str | Path):
     """An `executorch.runtime` program with the kernels registered, or a one-line error naming the file."""
     load_executorch_kernels()
@@ -44,7 +51,7 @@ def load_program(pte: str | Path):
         raise GemmaEdgeError(f"{pte}: no such .pte file")
     check_pte_header(pte)
     try:
-        return Runtime.get().load_program(str(pte))
+        return Runtime.get().load_program(str(pte), data_path=data_file(pte))
     except RuntimeError as e:
         raise GemmaEdgeError(f"{pte}: ExecuTorch cannot load it ({e}); export it again") from None
 
@@ -98,7 +105,8 @@ class StockTextRunner:
         folder = Path(folder)
         check_pte_header(folder / "model.pte")
         try:
-            self.runner = TextLLMRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"))
+            self.runner = TextLLMRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"),
+                                        data_file(folder / "model.pte"))
         except RuntimeError as e:
             raise GemmaEdgeError(f"{folder}: ExecuTorch's TextLLMRunner refused the artifact ({e})") from None
 
@@ -184,7 +192,8 @@ def stock_multimodal_generate(folder: str | Path, segments: Sequence, pixels: to
     folder = Path(folder)
     check_pte_header(folder / "model.pte")
     try:
-        runner = MultimodalRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"))
+        runner = MultimodalRunner(str(folder / "model.pte"), str(folder / "tokenizer.model"),
+                                  data_file(folder / "model.pte"))
     except RuntimeError as e:
         raise GemmaEdgeError(f"{folder}: ExecuTorch's MultimodalRunner refused the artifact ({e})") from None
     inputs = [make_image_input(pixels[s:s + 1].contiguous()) if isinstance(s, int) else make_token_input(list(s))

@@ -121,6 +121,42 @@ def test_quantized_pte_runs_on_the_checkpoint_integers(tmp_path):
     assert (same / "model.pte").read_bytes() == (folder / "model.pte").read_bytes()
 
 
+def test_a_tied_int4_table_is_stored_once_with_the_same_logits(tmp_path, monkeypatch):
+    """int4-block32-emb4 (gather and LM head read one int4 table): the export keeps the table once, in
+    model.ptd beside model.pte — the gather's bytes and those XNNPACK packs for the pair-swapped head are one
+    entry — and computes what the export with the head's own copy computes, bit for bit, under our runner and
+    ExecuTorch's TextLLMRunner alike."""
+    import gemma_edge.export.executorch as et
+    import gemma_edge.export.xnnpack_quant as xq
+    from gemma_edge.runtimes.executorch_runner import StockTextRunner
+
+    class OwnCopy(xq.DynActIntLinear):  # the head as before: its own integers, in XNNPACK's weights
+        def __init__(self, table):
+            super().__init__(table, xq.LM_HEAD)
+
+    # rows beyond the tokenizer's so that the table outweighs the head's 64 x 64 input permutation
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(sliding_window=W, vocab_size=4096, **TWO_KINDS)))
+    q = quantize_model(loaded, PRESETS["int4-block32-emb4"], progress=False).save(tmp_path / "q")
+    once = export_pte(q, tmp_path / "once", max_seq_len=4 * W)
+    monkeypatch.setattr(xq, "TiedTableHead", OwnCopy)
+    monkeypatch.setattr(et, "tag_shared_table", lambda program: None)
+    twice = export_pte(q, tmp_path / "twice", max_seq_len=4 * W)
+
+    config = loaded.config
+    table_bytes = config.vocab_size * config.hidden_size // 2  # packed int4
+    assert not (twice / "model.ptd").exists()
+    ptd = (once / "model.ptd").stat().st_size
+    assert table_bytes <= ptd < table_bytes * 1.25, (ptd, table_bytes)  # one copy (two would be 2x)
+    saved = (twice / "model.pte").stat().st_size - (once / "model.pte").stat().st_size - ptd
+    assert saved > 0.75 * table_bytes - config.hidden_size ** 2 * 4, (saved, table_bytes)
+    assert "model.ptd" in json.loads((once / "manifest.json").read_text())["files"]
+
+    tokens = list(range(10, 10 + 3 * W))
+    a, b = ExecuTorchRunner(once / "model.pte"), ExecuTorchRunner(twice / "model.pte")
+    assert torch.equal(_teacher_forced(a, tokens, W + 2), _teacher_forced(b, tokens, W + 2))
+    assert StockTextRunner(once).generate("hello there", 12)[0] == StockTextRunner(twice).generate("hello there", 12)[0]
+
+
 def test_preprocess_on_shared_weights_writes_the_same_program(tmp_path, monkeypatch):
     """`preprocess_shares_weights` (issue 21: ExecuTorch's copies for XNNPACK's preprocess held a second copy of
     every delegated weight, 5 GB at 4B): XNNPACK reads the shared tensors and leaves them as they were, so the

@@ -4,8 +4,8 @@ Run: python docs/figures/pte_memory.py PTE_FOLDER [PTE_FOLDER ...] [--prompt-len
 
 For each folder, a fresh process imports the runtime (baseline), constructs TextLLMRunner and generates one
 token (the program is loaded, XNNPACK has packed its weights), then prefills PROMPT_LEN tokens and decodes
-DECODE more. After loading it reads /proc/self/smaps: resident pages of the mapped model.pte (file-backed;
-TextLLMRunner's load mode maps and mlocks the whole file) and anonymous memory (XNNPACK's packed weights,
+DECODE more. After loading it reads /proc/self/smaps: resident pages of the mapped model.pte and model.ptd
+(file-backed; TextLLMRunner's load mode maps and mlocks the whole file) and anonymous memory (XNNPACK's packed weights,
 the memory plan, the heap). The memory plan's size comes from the program itself (its non-constant
 buffers). Figures in MiB; the last column is the issue's ratio: peak above the baseline / file size.
 """
@@ -25,14 +25,14 @@ from pathlib import Path
 from gemma_edge.runtimes.bench import status_mib
 from gemma_edge.runtimes.executorch_runner import StockTextRunner, load_executorch_kernels
 
-def smaps(path):
+def smaps(paths):
     file_rss = anon = 0
     current = None
     for line in Path("/proc/self/smaps").read_text().splitlines():
         parts = line.split()
         if parts and "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
             current = parts[5] if len(parts) > 5 else ""
-        elif parts[:1] == ["Rss:"] and current == path:
+        elif parts[:1] == ["Rss:"] and current in paths:
             file_rss += int(parts[1])
         elif parts[:1] == ["Anonymous:"]:
             anon += int(parts[1])
@@ -41,12 +41,12 @@ def smaps(path):
 folder, prompt_len, decode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 load_executorch_kernels()
 import executorch.extension.llm.runner  # noqa: F401  (in the baseline, as the runner needs it)
-pte = str((folder / "model.pte").resolve())
-out = {"baseline": status_mib("VmRSS"), "baseline_anon": smaps(pte)[1]}
+files = {str((folder / name).resolve()) for name in ("model.pte", "model.ptd")}
+out = {"baseline": status_mib("VmRSS"), "baseline_anon": smaps(files)[1]}
 runner = StockTextRunner(folder)
 runner.generate("Hello", max_new_tokens=1)
 out["after_load"] = status_mib("VmRSS")
-out["file_rss"], out["anon"] = smaps(pte)
+out["file_rss"], out["anon"] = smaps(files)
 runner.generate(" ".join(["river"] * (prompt_len - 1)), max_new_tokens=decode)
 out["peak"] = status_mib("VmHWM")
 print(json.dumps(out))
@@ -76,7 +76,7 @@ def main() -> None:
         m = json.loads(proc.stdout.strip().splitlines()[-1])
         plan = float(subprocess.run([sys.executable, "-c", PLAN, str(folder / "model.pte")], capture_output=True,
                                     text=True, check=True).stdout.strip().splitlines()[-1])
-        size = (folder / "model.pte").stat().st_size / 2**20
+        size = sum(f.stat().st_size for f in folder.glob("model.pt[ed]")) / 2**20  # the .pte and its .ptd
         print(f"| {folder.name} | {size:.1f} | {m['baseline']:.0f} | {m['after_load']:.0f} / {m['file_rss']:.0f} / "
               f"{m['anon'] - m['baseline_anon']:.0f} | {plan:.0f} | {m['peak']:.0f} | "
               f"{(m['peak'] - m['baseline']) / size:.2f}x |", flush=True)

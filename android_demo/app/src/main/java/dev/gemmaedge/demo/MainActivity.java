@@ -141,12 +141,13 @@ public class MainActivity extends Activity {
     LlmModule m = null;
     try {
       // numBos 1: the runner puts Gemma's <bos> before the first prompt after each reset (not before
-      // later turns); LlmGenerationConfig.numBos is ignored since ExecuTorch 1.3. dataPath null: the
-      // whole program is in the .pte.
+      // later turns); LlmGenerationConfig.numBos is ignored since ExecuTorch 1.3. dataPath: model.ptd
+      // beside the .pte when the export keeps data outside it (a tied int4 table stored once), else null.
+      File data = new File(modelFile.getParentFile(), "model.ptd");
       m = new LlmModule(LlmModuleConfig.create()
           .modulePath(modelFile.getAbsolutePath())
           .tokenizerPath(tokenizerFile.getAbsolutePath())
-          .dataPath(null)
+          .dataPath(data.isFile() ? data.getAbsolutePath() : null)
           .temperature(0f)
           .numBos(1)
           .numEos(0)
@@ -157,7 +158,8 @@ public class MainActivity extends Activity {
       closeQuietly(m);
       Log.e(TAG, "load failed", e);
       showStatus("Could not load " + modelFile + ": " + e.getMessage()
-          + "\nPush model.pte, tokenizer.model and manifest.json to " + PUSHED + " or pick them.");
+          + "\nPush model.pte (and model.ptd if the export wrote one), tokenizer.model and manifest.json to "
+          + PUSHED + " or pick them.");
       return false;
     }
     module = m;

@@ -144,4 +144,4 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, init: QTensor) -> QTensor:
             w1[i:] -= hinv1[i, i:, None] * err[None, :]
             err1[i] = err
         wt[i2:] -= hinv[i1:i2, i2:].t() @ err1
-    return QTensor(fmt, codes.t().contiguous().to(init.qdata.dtype), init.scale, init.zero_point)
+    return QTensor(fmt, codes.to(init.qdata.dtype).t().contiguous(), init.scale, init.zero_point)

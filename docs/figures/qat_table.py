@@ -5,7 +5,9 @@ It writes OUT_DIR/train.txt (the language-reference topics the held-out text doe
 exactly what a user would:
     gemma-edge qat bundled --recipe int4-block32 --steps STEPS --sequences SEQUENCES --data OUT_DIR/train.txt \
         --out OUT_DIR/qat
-and evaluates float, both PTQ variants and the QAT checkpoint on `held_out_text()` (windows of 512).
+and evaluates float, three PTQ variants and the QAT checkpoint on `held_out_text()` (windows of 512).
+(Until 2026-12-01 QAT started from the training-text PTQ row; it now starts from `gemma-edge quantize`'s
+default, GPTQ on data-free samples: docs/quantization.md has both.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def main(out: Path, steps: int = 300, sequences: int = 128) -> None:
     rows.append(("PTQ, MSE clip", quantize_model(loaded, recipe, progress=False)))
     rows.append(("PTQ, MSE clip weighted by data-free activations",
                  quantize_model(loaded, recipe, collect_stats(loaded.model, free_seqs, progress=False), progress=False)))
-    rows.append(("PTQ, MSE clip weighted by training-text activations (QAT's start)",
+    rows.append(("PTQ, MSE clip weighted by training-text activations",
                  quantize_model(loaded, recipe, collect_stats(loaded.model, train_seqs, progress=False), progress=False)))
     rows.append((f"QAT, {steps} steps", QuantizedCheckpoint.load(qat_dir)))
     results = []

@@ -102,7 +102,8 @@ def test_text_only_export_leaves_the_vision_tower_out(exported, tmp_path, monkey
 
     def fake_lower(model, stop_ids, progress=True, vision=None):
         lowered.update(methods=sorted(et.pte_methods(model, vision)), vision=vision)
-        return type("Program", (), {"write_to_file": staticmethod(lambda f: f.write(b"pte"))})()
+        return type("Program", (), {"write_to_file": staticmethod(lambda f: f.write(b"pte")),
+                                    "write_tensor_data_to_file": staticmethod(lambda folder: None)})()
 
     monkeypatch.setattr(et, "lower_to_pte", fake_lower)
     out = et.export_pte(folder, tmp_path / "text", max_seq_len=MAX_SEQ_LEN, text_only=True)  # patched: no cache

@@ -18,10 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gemma_edge.runtimes import artifact_files
+
 WORKER = r"""
 import json, sys
 from pathlib import Path
 
+from gemma_edge.runtimes import artifact_files
 from gemma_edge.runtimes.bench import status_mib
 from gemma_edge.runtimes.executorch_runner import StockTextRunner, load_executorch_kernels
 
@@ -41,7 +44,7 @@ def smaps(paths):
 folder, prompt_len, decode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 load_executorch_kernels()
 import executorch.extension.llm.runner  # noqa: F401  (in the baseline, as the runner needs it)
-files = {str((folder / name).resolve()) for name in ("model.pte", "model.ptd")}
+files = {str(f.resolve()) for f in artifact_files(folder)}
 out = {"baseline": status_mib("VmRSS"), "baseline_anon": smaps(files)[1]}
 runner = StockTextRunner(folder)
 runner.generate("Hello", max_new_tokens=1)
@@ -76,7 +79,7 @@ def main() -> None:
         m = json.loads(proc.stdout.strip().splitlines()[-1])
         plan = float(subprocess.run([sys.executable, "-c", PLAN, str(folder / "model.pte")], capture_output=True,
                                     text=True, check=True).stdout.strip().splitlines()[-1])
-        size = sum(f.stat().st_size for f in folder.glob("model.pt[ed]")) / 2**20  # the .pte and its .ptd
+        size = sum(f.stat().st_size for f in artifact_files(folder)) / 2**20  # the .pte and its .ptd
         print(f"| {folder.name} | {size:.1f} | {m['baseline']:.0f} | {m['after_load']:.0f} / {m['file_rss']:.0f} / "
               f"{m['anon'] - m['baseline_anon']:.0f} | {plan:.0f} | {m['peak']:.0f} | "
               f"{(m['peak'] - m['baseline']) / size:.2f}x |", flush=True)

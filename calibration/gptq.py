@@ -7,9 +7,10 @@ searched here: they come from the PTQ checkpoint's activation-weighted clip sear
 checkpoint stores exactly what a PTQ one does and every exporter takes it unchanged.
 
 The Hessians are collected on the float model, layer by layer (each projection sees float inputs), and
-kept on disk until their weight is rounded. A table
-that is both the lookup and the LM head (`int4-block32-emb4`) keeps its PTQ rounding: GPTQ's error feedback
-tunes the head's products and would only add noise to the embedding rows a lookup returns.
+kept on disk until their weight is rounded. A table that is both the lookup and the LM head
+(`int4-block32-emb4`) is rounded as the head (`ptq._quantize_shared_table`): the error feedback adds some
+noise to the rows the lookup returns, but the head's products weigh more (pooled KL 0.267 against 0.336 with
+the table's PTQ rounding, docs/quantization.md).
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ def quantize_weight(w: torch.Tensor, recipe: QuantRecipe, name: str,
     if recipe.clip == "minmax":
         q = quantize(w, fmt, name=name)
     else:
-        importance = stats.importance(name) if stats is not None and name != EMBEDDING else None
+        importance = stats.importance(name) if stats is not None else None
         q = mse_clip_quantize(w, fmt, importance=importance, name=name)
-    hessian = stats.hessians.get(name) if stats is not None and stats.hessians and name != EMBEDDING else None
+    hessian = stats.hessians.get(name) if stats is not None and stats.hessians else None
     if recipe.rounding == "gptq" and hessian is not None and isinstance(fmt, IntGrid):
         q = gptq(w, hessian, q)
     return q
@@ -85,9 +85,13 @@ def quantize_model(loaded: LoadedModel, recipe: QuantRecipe, stats: CalibrationS
             raise GemmaEdgeError(f"{loaded.source}: tensor {name} {list(w.shape)} is not in a model of this "
                                  f"config.json{'' if name not in shapes else f' (which has {list(shapes[name])})'}; "
                                  "use the config.json that came with these weights")
-        for target in [EMBEDDING, LM_HEAD] if tied and name == EMBEDDING and separate_head else [name]:
-            _quantize_into(target, w, recipe, stats, quantizer, quantized, floats, report)
+        if tied and name == EMBEDDING and not separate_head:
+            _quantize_shared_table(w, recipe, stats, quantizer, quantized, floats, report)
             bar.update()
+        else:
+            for target in [EMBEDDING, LM_HEAD] if tied and name == EMBEDDING else [name]:
+                _quantize_into(target, w, recipe, stats, quantizer, quantized, floats, report)
+                bar.update()
         del w
     bar.close()
     _check_complete([n for n in names if n != LM_HEAD or separate_head], quantized, floats, loaded.source)
@@ -113,6 +117,20 @@ def _check_complete(expected: list[str], quantized: dict, floats: dict, source) 
     if missing:
         raise GemmaEdgeError(f"{source}: {len(missing)} tensors missing, e.g. {missing[0]}; the checkpoint "
                              "is incomplete")
+
+
+def _quantize_shared_table(w: torch.Tensor, recipe: QuantRecipe, stats: CalibrationStats | None,
+                           quantizer: Quantizer, quantized: dict[str, QTensor], floats: dict[str, torch.Tensor],
+                           report: list[dict]) -> None:
+    """One table for the lookup and the LM head (`-emb4`) is rounded as the head, with the head's input
+    statistics (clip weights, GPTQ's Hessian), and filed under the table's name. Of the two uses the head's
+    products decide more: on the held-out domains this rounding has pooled KL 0.267 against 0.336 for the
+    table rounded on its own (docs/quantization.md)."""
+    _quantize_into(LM_HEAD, w, recipe, stats, quantizer, quantized, floats, report)
+    for store in (quantized, floats):  # (a recipe may keep the table float)
+        if LM_HEAD in store:
+            store[EMBEDDING] = store.pop(LM_HEAD)
+    report[-1]["name"] = EMBEDDING
 
 
 def _quantize_into(name: str, w: torch.Tensor, recipe: QuantRecipe, stats: CalibrationStats | None,

@@ -29,7 +29,8 @@ class QuantRecipe:
     `overrides`: glob over weight names -> format or "float" (e.g. keep one sensitive layer at int8).
     `activations`: "int8_dynamic" quantizes each linear's input per token at run time (8da4w).
     `rounding`: "nearest" rounds each weight to its grid; "gptq" re-rounds the integer grids of the
-    projections and a separate LM head with GPTQ's error feedback from calibration activations (`gptq.py`)."""
+    projections and the LM head (a table shared with the lookup too) with GPTQ's error feedback from
+    calibration activations (`gptq.py`)."""
 
     name: str
     linear: str

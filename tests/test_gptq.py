@@ -98,8 +98,9 @@ def test_recipe_rounding_round_trips_and_is_checked(tmp_path):
 def test_cli_quantize_with_gptq_rounding(tmp_path, tiny_dir, capsys):
     """`--rounding gptq` re-rounds the projections and the separate head (not the lookup table), records it,
     and changes the integers against nearest rounding with the same data-free statistics; it is the integer
-    presets' default; a shared table keeps its PTQ rounding; statistics without their sequences are refused
-    when gptq is asked for, and round to nearest when it is only the preset's default."""
+    presets' default; a table shared by lookup and head is rounded as that head is (the same integers and
+    scales as int4-block32's separate head, from the same samples); statistics without their sequences are
+    refused when gptq is asked for, and round to nearest when it is only the preset's default."""
     common = ["--samples", "2", "--seq-len", "16", "--no-cache"]
     assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "g"),
                  "--rounding", "gptq", *common]) == 0
@@ -122,8 +123,12 @@ def test_cli_quantize_with_gptq_rounding(tmp_path, tiny_dir, capsys):
 
     assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32-emb4", "--out", str(tmp_path / "e"),
                  "--rounding", "gptq", *common]) == 0
-    assert not any(r.get("rounding") for r in QuantizedCheckpoint.load(tmp_path / "e").report
-                   if r["name"] == "embed_tokens.weight")
+    e = QuantizedCheckpoint.load(tmp_path / "e")
+    assert "lm_head.weight" not in e.quantized
+    assert [r.get("rounding") for r in e.report if r["name"] == "embed_tokens.weight"] == ["gptq"]
+    table, head = e.quantized["embed_tokens.weight"], g.quantized["lm_head.weight"]
+    assert torch.equal(table.qdata, head.qdata) and torch.equal(table.scale, head.scale)
+    assert not torch.equal(table.qdata, QuantizedCheckpoint.load(tmp_path / "n").quantized["lm_head.weight"].qdata)
     assert main(["quantize", str(tiny_dir), "--recipe", "int4-block32", "--out", str(tmp_path / "u"),
                  "--rounding", "gptq", "--unweighted"]) == 2
     assert "rounding gptq needs calibration sequences" in capsys.readouterr().err

@@ -319,6 +319,26 @@ def preprocess_shares_weights() -> Iterator[None]:
             XnnpackBackend.copy_exported_program_for_preprocess = own
 
 
+def unfiltered_when_nothing_to_filter(partitioner_class: type) -> type:
+    """`partitioner_class` whose `ops_to_not_decompose` drops its per-node filter when the filter keeps every
+    node of those ops in the program. ExecuTorch (`_gen_edge_manager_for_partitioners`) decomposes a program
+    three times over for a partitioner with a filter — to mark the nodes it keeps with stand-in ops and
+    restore them — and once without one; XNNPACK's filter keeps every linear of ours, so the two ways lower
+    the same program, and without the filter two of the three passes over the whole graph are gone (the .pte
+    is byte-identical; export time in docs/executorch.md). A program with a node the filter refuses keeps it."""
+
+    class Partitioner(partitioner_class):
+        def ops_to_not_decompose(self, ep):
+            ops, keeps = super().ops_to_not_decompose(ep)
+            if keeps is not None and all(keeps(n) for n in ep.graph.nodes
+                                         if n.op == "call_function" and n.target in ops):
+                return ops, None
+            return ops, keeps
+
+    Partitioner.__name__ = Partitioner.__qualname__ = partitioner_class.__name__
+    return Partitioner
+
+
 def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
                  vision: VisionEncoder | None = None):
     """torch.export of each method (dynamic sequence length), XNNPACK partitioning, the ExecuTorch program:
@@ -348,7 +368,8 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
     with large_allocations_mapped():  # 4B: 14.1 -> 10.1 GiB
         with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
             edge = to_edge_transform_and_lower(
-                programs["forward"] if vision is None else programs, partitioner=[XnnpackPartitioner()],
+                programs["forward"] if vision is None else programs,
+                partitioner=[unfiltered_when_nothing_to_filter(XnnpackPartitioner)()],
                 compile_config=EdgeCompileConfig(_check_ir_validity=False),
                 constant_methods=runner_metadata(model, stop_ids))
         bar.update()

@@ -176,6 +176,58 @@ def test_preprocess_on_shared_weights_writes_the_same_program(tmp_path, monkeypa
     assert (shared / "model.pte").read_bytes() == (copied / "model.pte").read_bytes()
 
 
+def test_dropping_a_filter_that_keeps_everything_writes_the_same_program(tmp_path, monkeypatch):
+    """`unfiltered_when_nothing_to_filter`: ExecuTorch decomposes the program once instead of three times when
+    XNNPACK's partitioner has no per-node filter; where the filter would keep every node, the program is the
+    one the stock partitioner gives, byte for byte."""
+    import gemma_edge.export.executorch as et
+
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=1, hidden_size=128,
+                                                                     intermediate_size=256)))
+    q = quantize_model(loaded, PRESETS["int4-block32"], progress=False).save(tmp_path / "q")
+    dropped = []
+
+    def recording(partitioner_class):
+        class Recording(unfiltered(partitioner_class)):
+            def ops_to_not_decompose(self, ep):
+                ops, keeps = super().ops_to_not_decompose(ep)
+                dropped.append(bool(ops) and keeps is None)
+                return ops, keeps
+        return Recording
+
+    unfiltered = et.unfiltered_when_nothing_to_filter
+    monkeypatch.setattr(et, "unfiltered_when_nothing_to_filter", recording)
+    fast = export_pte(q, tmp_path / "fast", max_seq_len=32)
+    assert dropped and all(dropped)  # the filter was there, kept everything, and was dropped
+    monkeypatch.setattr(et, "unfiltered_when_nothing_to_filter", lambda partitioner_class: partitioner_class)
+    stock = export_pte(q, tmp_path / "stock", max_seq_len=32)
+    assert (fast / "model.pte").read_bytes() == (stock / "model.pte").read_bytes()
+
+
+def test_a_filter_that_refuses_a_node_is_kept():
+    from gemma_edge.export.executorch import unfiltered_when_nothing_to_filter
+
+    class Module(torch.nn.Module):
+        def forward(self, x):
+            return torch.tanh(torch.relu(x))
+
+    class Program:
+        graph = torch.fx.symbolic_trace(Module()).graph
+
+    ops = [torch.relu, torch.tanh]
+
+    def partitioner_class(keeps):
+        class Stock:
+            def ops_to_not_decompose(self, ep):
+                return ops, keeps
+        return unfiltered_when_nothing_to_filter(Stock)()
+
+    refuse_tanh = lambda node: node.target is not torch.tanh  # noqa: E731
+    assert partitioner_class(refuse_tanh).ops_to_not_decompose(Program) == (ops, refuse_tanh)
+    assert partitioner_class(lambda node: True).ops_to_not_decompose(Program) == (ops, None)
+    assert partitioner_class(None).ops_to_not_decompose(Program) == (ops, None)
+
+
 def test_unsupported_formats_are_refused(tmp_path):
     loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=2)))
     q = quantize_model(loaded, PRESETS["fp8"], progress=False).save(tmp_path / "fp8")

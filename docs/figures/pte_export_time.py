@@ -7,12 +7,14 @@ e.g. gemma-edge quantize bundled --recipe int4-block32 --out q-int4   (a Quantiz
 Each export runs in a fresh process (`gemma_edge.export.executorch.export_pte`, --max-seq-len 2048, 2 torch
 threads), alternating the baseline's code and this tree's so that host drift hits both alike; the table
 gives the median wall time of each and the delegate count (`executorch_call_delegate` calls in the
-program's `forward`). The baseline's code is a `git worktree` of REV, put on PYTHONPATH ahead of this tree.
+program's `forward`); the progress lines name each run's model.pte by its sha256 (this tree's runs must
+agree). The baseline's code is a `git worktree` of REV, put on PYTHONPATH ahead of this tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import subprocess
 import sys
@@ -72,8 +74,9 @@ def main() -> None:
                         out = tmp / f"{label.replace(' ', '-')}-{source.name}-{i}"
                         times[label].append(float(run(EXPORT, [str(source.resolve()), str(out)], path)))
                         delegates[label] = run(COUNT, [str(out / "model.pte")], None)
-                        print(f"  {time.strftime('%H:%M:%S')} {label} run {i + 1}: {times[label][-1]:.1f} s",
-                              file=sys.stderr, flush=True)
+                        digest = hashlib.sha256((out / "model.pte").read_bytes()).hexdigest()[:16]
+                        print(f"  {time.strftime('%H:%M:%S')} {label} run {i + 1}: {times[label][-1]:.1f} s, "
+                              f"model.pte sha256 {digest}", file=sys.stderr, flush=True)
                 for label in times:
                     runs = ", ".join(f"{t:.0f}" for t in times[label])
                     print(f"| {source.name} | {label} | {statistics.median(times[label]):.0f} s ({runs}) | "

@@ -90,8 +90,8 @@ def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | Non
     allowed = (k >= 0) & (k <= q)
     if q_group is not None and key_group is not None:
         allowed = allowed | ((q_group[:, None] >= 0) & (q_group[:, None] == key_group[None, :]))
-    if window is not None:
-        allowed = allowed & (q - k < window)
+    if window is not None:  # q - k < window, compared without materializing the [T, S] differences
+        allowed = allowed & (k > q - window)
     return allowed
 
 

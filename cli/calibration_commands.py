@@ -265,9 +265,9 @@ def register(sub) -> None:
     p.add_argument("--clip", choices=["mse", "minmax"], help="override the recipe's clipping method")
     p.add_argument("--rounding", choices=["nearest", "gptq"],
                    help="override the recipe's rounding. The integer presets use gptq: the projections and the "
-                   "LM head (a table shared with the lookup too) are re-rounded with error feedback from the calibration activations "
-                   "(docs/quantization.md); it needs calibration sequences, so with --stats or --unweighted "
-                   "rounding is nearest")
+                   "LM head (a table shared with the lookup too) are re-rounded with error feedback from the "
+                   "calibration activations (docs/quantization.md); it needs calibration sequences, so with "
+                   "--stats or --unweighted rounding is nearest")
     p.add_argument("--stats", help="calibration folder from `gemma-edge calibrate` (activation-weighted search)")
     p.add_argument("--unweighted", action="store_true",
                    help="weigh every input feature alike in the clip search (no calibration statistics)")

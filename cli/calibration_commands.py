@@ -304,8 +304,9 @@ def register_qat(sub) -> None:
     p = add_command(sub, "qat", cmd_qat, "quantization-aware training: learn scales and weights by distillation",
                     "Start from what `gemma-edge quantize` makes with --recipe (GPTQ on data-free samples for the "
                     "integer presets; reused from the build cache) or from --init, and train LSQ scales and latent "
-                    "weights with a straight-through estimator to minimise KL(float || quantized) on next-token distributions (the float model's "
-                    "top-k logits renormalised, or --top-k 0 for the full vocabulary). Writes a QuantizedCheckpoint "
+                    "weights with a straight-through estimator to minimise KL(float || quantized) on next-token "
+                    "distributions (the float model's top-k logits renormalised, or --top-k 0 for the full "
+                    "vocabulary). Writes a QuantizedCheckpoint "
                     "that the exporters consume unchanged, and the training state to OUT.qat-state every "
                     "--save-every steps; --resume continues from it bit for bit. "
                     "Scale out with `torchrun --nproc-per-node N --no-python gemma-edge qat ... --batch B`: each "

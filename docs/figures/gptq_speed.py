@@ -26,15 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def baseline_gptq(commit: str):
+    """`commit`'s gptq function, loaded as a sibling module of this tree's so that its relative imports
+    (`.formats`, `.recipe`) resolve to this tree's."""
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:calibration/gptq.py"], check=True,
                             capture_output=True, text=True).stdout
-    source = source.replace("from .formats", "from gemma_edge.calibration.formats").replace(
-        "from .recipe", "from gemma_edge.calibration.recipe")
-    path = Path(tempfile.mkdtemp()) / "baseline_gptq.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("baseline_gptq", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gptq.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("gemma_edge.calibration.baseline_gptq", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module.gptq
 
 

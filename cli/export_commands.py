@@ -17,7 +17,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     out = export(args.model, args.out, args.format, max_seq_len=args.max_seq_len, text_only=args.text_only,
                  cache=not args.no_cache, overwrite=args.overwrite, int8_activations=args.int8_activations,
-                 windowed_kv=args.windowed_kv)
+                 windowed_kv=args.windowed_kv, prefill_chunk=args.prefill_chunk)
     manifest = read_manifest(out)
     files = [p.name for p in artifact_files(out)]
     size = sum(manifest["files"][n]["bytes"] for n in files) / 2**20
@@ -60,6 +60,11 @@ def register(sub) -> None:
     p.add_argument("model", help=MODEL_HELP + ", or a quantized checkpoint folder")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--max-seq-len", type=positive_int, default=2048, help="KV-cache length (longest prompt + answer)")
+    p.add_argument("--prefill-chunk", type=positive_int, default=None,
+                   help="pte only: tokens one call of the .pte takes (its get_max_seq_len; ExecuTorch's runner "
+                        "and ours split longer prompts). The memory plan and XNNPACK's workspace are sized for "
+                        "it. Default: 256 (the whole --max-seq-len with a vision tower: ExecuTorch's "
+                        "MultimodalRunner does not split prompts)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_cache_option(p)
     p.add_argument("--text-only", action="store_true",

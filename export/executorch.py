@@ -175,11 +175,12 @@ class PteDecoder(nn.Module):
         return self.model(tokens, positions, last_logits_only=True)[:, -1, :]
 
 
-def runner_metadata(model: Gemma, stop_ids: tuple[int, ...]) -> dict:
-    """Constant methods ExecuTorch's LLM runner (and Android's LlmModule) read from the .pte."""
+def runner_metadata(model: Gemma, stop_ids: tuple[int, ...], prefill_chunk: int | None = None) -> dict:
+    """Constant methods ExecuTorch's LLM runner (and Android's LlmModule) read from the .pte: the longest
+    call (`get_max_seq_len`; the runner splits longer prompts) and the KV cache (`get_max_context_len`)."""
     c = model.config
     return {
-        "get_max_seq_len": model.max_seq_len,
+        "get_max_seq_len": prefill_chunk or model.max_seq_len,
         "get_max_context_len": model.max_seq_len,
         "get_vocab_size": c.vocab_size,
         "get_n_layers": c.num_layers,
@@ -248,10 +249,11 @@ class PteTextDecoder(nn.Module):
         return self.model.logits(x[:, -1:])[:, -1, :]
 
 
-def pte_methods(model: Gemma, vision: VisionEncoder | None = None) -> dict:
+def pte_methods(model: Gemma, vision: VisionEncoder | None = None, prefill_chunk: int | None = None) -> dict:
     """name -> (module, example inputs, dynamic shapes): `forward` for a text model; the three methods of
-    ExecuTorch's MultimodalRunner (`vision_encoder`, `token_embedding`, `text_decoder`) with a vision tower."""
-    seq = torch.export.Dim("seq_len", min=1, max=model.max_seq_len)
+    ExecuTorch's MultimodalRunner (`vision_encoder`, `token_embedding`, `text_decoder`) with a vision tower.
+    One call takes at most `prefill_chunk` tokens (default: the whole cache); the memory plan is sized for it."""
+    seq = torch.export.Dim("seq_len", min=1, max=prefill_chunk or model.max_seq_len)
     tokens, start = torch.tensor([[2, 3]], dtype=torch.long), torch.tensor([0], dtype=torch.long)
     if vision is None:
         return {"forward": (PteDecoder(model), (tokens, start), ({1: seq}, None))}
@@ -339,8 +341,42 @@ def unfiltered_when_nothing_to_filter(partitioner_class: type) -> type:
     return Partitioner
 
 
+def _is_head_slice(match: list[torch.fx.Node], ep: torch.export.ExportedProgram) -> bool:
+    """Whether a partitioner config's match is a linear of `xnnpack_quant.SplitHead` (weight in HEAD_PARTS)."""
+    from .xnnpack_quant import HEAD_PARTS
+
+    buffers = ep.graph_signature.inputs_to_buffers
+    return any(HEAD_PARTS in buffers.get(n.name, "") for n in match if n.op == "placeholder")
+
+
+def head_slices_apart(partitioner_class: type) -> type:
+    """`partitioner_class` that lowers each linear of `SplitHead`'s slices as a delegate of its own (its
+    per-op mode) and partitions the rest as usual. One partitioner, not two in a row: ExecuTorch decomposes
+    the whole program once more for each partitioner it is given (+28 s for the real 270M)."""
+    from torch.fx.passes.infra.partitioner import Partition
+
+    class Partitioner(partitioner_class):
+        slices = False  # which matches `get_matched_nodes_from_configs` hands on
+
+        def get_matched_nodes_from_configs(self, ep):
+            return [match for match in super().get_matched_nodes_from_configs(ep)
+                    if _is_head_slice(match, ep) == self.slices]
+
+        def generate_partitions(self, ep):
+            rest = super().generate_partitions(ep)
+            self.slices = True
+            try:
+                slices = self.generate_per_op_partitions(ep)
+            finally:
+                self.slices = False
+            return rest + [Partition(id=len(rest) + i, nodes=p.nodes) for i, p in enumerate(slices)]
+
+    Partitioner.__name__ = Partitioner.__qualname__ = partitioner_class.__name__
+    return Partitioner
+
+
 def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
-                 vision: VisionEncoder | None = None):
+                 vision: VisionEncoder | None = None, prefill_chunk: int | None = None):
     """torch.export of each method (dynamic sequence length), XNNPACK partitioning, the ExecuTorch program:
     its `write_to_file(f)` writes the .pte without first joining it into one bytes object (a copy of the
     whole file in memory: 0.8 GB at 1B)."""
@@ -356,22 +392,24 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
     bar.set_postfix_str("torch.export")
     programs = {}
     with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-        for name, (module, example, dynamic) in pte_methods(model, vision).items():
+        for name, (module, example, dynamic) in pte_methods(model, vision, prefill_chunk).items():
             programs[name] = torch.export.export(module.eval(), example, dynamic_shapes=dynamic, strict=False)
     bar.update()
     bar.set_postfix_str("lower to XNNPACK")
-    from .xnnpack_quant import TiedTableHead
+    from .xnnpack_quant import SplitHead, TiedTableHead
 
     if isinstance(model.lm_head, TiedTableHead):
         for program in programs.values():
             tag_shared_table(program)
+    xnnpack = unfiltered_when_nothing_to_filter(XnnpackPartitioner)
+    partitioners = [head_slices_apart(xnnpack)() if isinstance(model.lm_head, SplitHead) else xnnpack()]
     with large_allocations_mapped():  # 4B: 14.1 -> 10.1 GiB
         with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
             edge = to_edge_transform_and_lower(
                 programs["forward"] if vision is None else programs,
-                partitioner=[unfiltered_when_nothing_to_filter(XnnpackPartitioner)()],
+                partitioner=partitioners,
                 compile_config=EdgeCompileConfig(_check_ir_validity=False),
-                constant_methods=runner_metadata(model, stop_ids))
+                constant_methods=runner_metadata(model, stop_ids, prefill_chunk))
         bar.update()
         bar.set_postfix_str("ExecuTorch program")
         et = edge.to_executorch(ExecutorchBackendConfig(
@@ -430,8 +468,14 @@ def pte_model(source: Path, max_seq_len: int, vision: bool) -> tuple[Gemma, Visi
     return loaded.model, load_vision(source) if vision else None, loaded.tokenizer
 
 
+# Tokens one call of a text .pte takes by default (`get_max_seq_len`; the runners split longer prompts). The
+# memory plan and XNNPACK's workspace are sized for the longest call: at a 2,048-token context the 270M's
+# plan is 92 MiB for whole-context calls and 34 MiB for 256-token ones (docs/executorch.md).
+PREFILL_CHUNK = 256
+
+
 def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, overwrite: bool = False,
-               text_only: bool = False) -> Path:
+               text_only: bool = False, prefill_chunk: int | None = None) -> Path:
     """`gemma-edge export pte`: model.pte + tokenizer.model + manifest.json in `out`. A multimodal HF folder
     gives the three methods of ExecuTorch's MultimodalRunner unless `text_only`."""
     from gemma_edge.calibration.checkpoint import is_quantized_checkpoint
@@ -440,9 +484,18 @@ def export_pte(source: str | Path, out: str | Path, max_seq_len: int = 2048, ove
 
     source = Path(source)
     check_output_path(out, [source], overwrite)
-    model, vision, tokenizer = pte_model(source, max_seq_len, vision=not text_only and has_vision(source))
-    program = lower_to_pte(model, tokenizer.stop_ids, vision=vision)
-    metadata = runner_metadata(model, tokenizer.stop_ids)
+    with_vision = not text_only and has_vision(source)
+    if prefill_chunk is None and not with_vision:
+        prefill_chunk = min(PREFILL_CHUNK, max_seq_len)
+    if prefill_chunk is not None and not 0 < prefill_chunk <= max_seq_len:
+        raise GemmaEdgeError(f"--prefill-chunk {prefill_chunk}: one call takes 1 to --max-seq-len ({max_seq_len}) "
+                             "tokens")
+    if with_vision and prefill_chunk not in (None, max_seq_len):
+        raise GemmaEdgeError(f"{source}: --prefill-chunk is for text .pte files (ExecuTorch's MultimodalRunner "
+                             "does not split prompts); leave it out or pass --text-only")
+    model, vision, tokenizer = pte_model(source, max_seq_len, vision=with_vision)
+    program = lower_to_pte(model, tokenizer.stop_ids, vision=vision, prefill_chunk=prefill_chunk)
+    metadata = runner_metadata(model, tokenizer.stop_ids, prefill_chunk)
     if vision is not None:  # what a runner needs to preprocess images and build the prompt
         metadata["vision"] = vision_metadata(vision.config, settings_for(source, vision.config.image_size))
     return write_artifact(out, source, overwrite, artifact="model.pte", runtime="executorch",

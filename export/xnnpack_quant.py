@@ -80,6 +80,38 @@ class DynActIntLinear(nn.Module):
         return F.linear(x, w, self.bias)
 
 
+def row_slices(rows: int, parts: int) -> list[slice]:
+    """`parts` consecutive slices of `rows` (the last may be shorter): `SplitHead`'s."""
+    step = -(-rows // parts)
+    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+class SplitHead(nn.Module):
+    """The LM head as `DynActIntLinear`s over consecutive row slices, their logits concatenated: the same
+    numbers (each logit is its own row's dot product, the input quantized per token alike), lowered as one
+    XNNPACK delegate per slice (`export.executorch` partitions `HEAD_PARTS` one by one). XNNPACK keeps a
+    delegate's unpacked weights mapped until it has packed all of them, so one head delegate held the
+    whole int4 head twice while the program loaded — the peak of a `.pte`'s resident memory (docs/
+    executorch.md); a slice holds 1/`parts` of it."""
+
+    def __init__(self, q: QTensor, name: str, parts: int):
+        super().__init__()
+        self.parts = nn.ModuleList(DynActIntLinear(dataclasses.replace(q, qdata=q.qdata[r], scale=q.scale[r]), name)
+                                   for r in row_slices(q.qdata.shape[0], parts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = [part(x) for part in self.parts]
+        while len(logits) > 1:  # XNNPACK concatenates at most 5 tensors at once
+            logits = [torch.cat(logits[i:i + 4], dim=-1) if len(logits[i:i + 4]) > 1 else logits[i]
+                      for i in range(0, len(logits), 4)]
+        return logits[0]
+
+
+# Buffers of `SplitHead`'s slices; the slices of the 270M's int4 head (262,144 rows) are 10 MiB each.
+HEAD_PARTS = "lm_head.parts."
+HEAD_SLICES = 8
+
+
 class QuantEmbedding(nn.Module):
     """ExecuTorch's quantized embedding kernels over the checkpoint's integers."""
 
@@ -152,7 +184,9 @@ def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
     swap_modules(model, replace)
     if model.lm_head is None:  # tied in the float model
         if LM_HEAD in ckpt.quantized:  # the recipe gives the head its own format
-            model.lm_head = integer_linear(ckpt.quantized[LM_HEAD], LM_HEAD)
+            q = ckpt.quantized[LM_HEAD]
+            _check_supported(LM_HEAD, q, LINEAR)
+            model.lm_head = SplitHead(q, LM_HEAD, HEAD_SLICES)
         elif LM_HEAD in ckpt.floats:
             model.lm_head = nn.Linear(ckpt.config.hidden_size, ckpt.config.vocab_size, bias=False, device="meta")
         elif EMBEDDING in ckpt.quantized:  # one table, same integers, stored once

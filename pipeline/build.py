@@ -213,22 +213,24 @@ def _sampled_stats(source: Path, model, calibration: Calibration, cache: BuildCa
 
 def export(source: str | Path, out: str | Path, kind: str, max_seq_len: int = 2048, text_only: bool = False,
            cache: BuildCache | bool = True, overwrite: bool = False, int8_activations: bool = False,
-           windowed_kv: bool = False) -> Path:
+           windowed_kv: bool = False, prefill_chunk: int | None = None) -> Path:
     """A device artifact folder: `kind` "pte" (ExecuTorch) or "onnx" from a float or quantized checkpoint.
-    `int8_activations`, `windowed_kv`: switches only some backends take (`Backend.export_options`: ONNX's;
-    a .pte runs int8 activations and keeps ring caches for sliding layers anyway)."""
+    `int8_activations`, `windowed_kv`, `prefill_chunk`: options only some backends take
+    (`Backend.export_options`; a .pte runs int8 activations and keeps ring caches for sliding layers anyway,
+    and only a .pte has a longest call shorter than its context)."""
     from gemma_edge.export.manifest import record_source
 
     target = backend(kind)
     source = resolve_model_path(source)
     options = {"max_seq_len": max_seq_len, "text_only": text_only}
-    for name, value in (("int8_activations", int8_activations), ("windowed_kv", windowed_kv)):
+    for name, value in (("int8_activations", int8_activations), ("windowed_kv", windowed_kv),
+                        ("prefill_chunk", prefill_chunk)):
         if value:
             if name not in target.export_options:
                 takers = [b.name for b in BACKENDS.values() if name in b.export_options]
                 raise GemmaEdgeError(f"--{name.replace('_', '-')} is an option of export {' or '.join(takers)}, "
                                      f"not of export {kind}")
-            options[name] = True
+            options[name] = value
 
     def make(folder: Path, ow: bool) -> None:
         target.export(source, folder, overwrite=ow, **options)

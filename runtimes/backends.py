@@ -96,7 +96,7 @@ def _onnx_lowerings() -> dict:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("pte", "model.pte", "executorch", (".pte", ".ptd"), True, _export_pte, _pte_runner, _pte_stock_loop,
-            _pte_lowerings),
+            _pte_lowerings, export_options=("prefill_chunk",)),
     Backend("onnx", "model.onnx", "onnxruntime", (".onnx", ".data"), False, _export_onnx, _onnx_runner,
             _onnx_stock_loop, _onnx_lowerings, export_options=("int8_activations", "windowed_kv")),
 ]}

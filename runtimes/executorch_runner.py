@@ -57,12 +57,14 @@ def load_program(pte: str | Path):
 
 
 class ExecuTorchRunner:
-    """`Runner` over `executorch.runtime`: forward(tokens [1, T], start [1]) -> last logits."""
+    """`Runner` over `executorch.runtime`: forward(tokens [1, T], start [1]) -> last logits. A prompt longer
+    than one call (`get_max_seq_len`) goes in calls of that length, as ExecuTorch's TextPrefiller splits it."""
 
     def __init__(self, pte: str | Path):
         program = load_program(pte)
         self.method = program.load_method("forward")
-        self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+        self.prefill_len = int(program.load_method("get_max_seq_len").execute([])[0])
+        self.max_seq_len = int(program.load_method("get_max_context_len").execute([])[0])
         self.vocab_size = int(program.load_method("get_vocab_size").execute([])[0])
         self.pos = 0
 
@@ -72,11 +74,13 @@ class ExecuTorchRunner:
 
     def _forward(self, tokens: Sequence[int]) -> torch.Tensor:
         if self.pos + len(tokens) > self.max_seq_len:
-            raise GemmaEdgeError(f"{self.pos + len(tokens)} tokens exceed the .pte's max_seq_len {self.max_seq_len}")
+            raise GemmaEdgeError(f"{self.pos + len(tokens)} tokens exceed the .pte's context of {self.max_seq_len}")
         check_token_ids(tokens, self.vocab_size)
-        out = self.method.execute([torch.tensor([list(tokens)], dtype=torch.long),
-                                   torch.tensor([self.pos], dtype=torch.long)])[0]
-        self.pos += len(tokens)
+        for start in range(0, len(tokens), self.prefill_len):
+            chunk = list(tokens[start:start + self.prefill_len])
+            out = self.method.execute([torch.tensor([chunk], dtype=torch.long),
+                                       torch.tensor([self.pos], dtype=torch.long)])[0]
+            self.pos += len(chunk)
         return out.reshape(-1, out.shape[-1])[-1].float()
 
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor:

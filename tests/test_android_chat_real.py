@@ -24,7 +24,9 @@ END = "<end_of_turn>"
 class AppRunner:
     """TextLLMRunner called as LlmModule calls it and as the app's ChatSession drives it: BOS on the first
     generate after a reset only; the token budget as the app sets it (seq_len = what the cache holds + the
-    prompt's upper bound + the reply); what the cache holds counted from the runner's own stats."""
+    prompt's upper bound + the reply, max_new_tokens = the reply: the runner counts seq_len from position 0
+    when the .pte's prefill call is shorter than its context); what the cache holds counted from the
+    runner's own stats."""
 
     def __init__(self, folder: Path):
         load_executorch_kernels()
@@ -38,7 +40,7 @@ class AppRunner:
         self.runner.reset()
         self.needs_bos, self.cached = True, 0
 
-    def generate(self, prompt: str, max_new_tokens: int = -1) -> tuple[list[str], dict]:
+    def generate(self, prompt: str, max_new_tokens: int = REPLY_TOKENS) -> tuple[list[str], dict]:
         from executorch.extension.llm.runner import GenerationConfig
 
         pieces, stats = [], []

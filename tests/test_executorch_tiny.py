@@ -49,6 +49,37 @@ def test_pte_logits_equal_the_reference(tiny_export, prefill):
     torch.testing.assert_close(_teacher_forced(runner, tokens, prefill), full[prefill - 1:], atol=1e-4, rtol=0)
 
 
+def test_a_prefill_chunk_shorter_than_the_context_keeps_the_logits(tiny_export, tmp_path):
+    """`--prefill-chunk`: one call takes at most 5 tokens of a 32-position cache; our runner and ExecuTorch's
+    TextLLMRunner split longer prompts (the chunks cross the ring's wrap), and the logits stay the reference's."""
+    from executorch.runtime import Runtime
+
+    from gemma_edge.runtimes.executorch_runner import StockTextRunner
+
+    ckpt, unchunked = tiny_export
+    folder = export(ckpt, tmp_path / "pte", "pte", max_seq_len=4 * W, prefill_chunk=W - 3, cache=False)
+    program = Runtime.get().load_program(str(folder / "model.pte"))
+    value = lambda name: program.load_method(name).execute([])[0]  # noqa: E731
+    assert (value("get_max_seq_len"), value("get_max_context_len")) == (W - 3, 4 * W)
+    model = load(ckpt, max_seq_len=4 * W).model
+    tokens = torch.randint(0, model.config.vocab_size, (3 * W + 2,), generator=torch.Generator().manual_seed(7))
+    tokens = tokens.tolist()
+    with torch.no_grad():
+        full = model(torch.tensor([tokens]), torch.arange(len(tokens)))[0]
+    runner = ExecuTorchRunner(folder / "model.pte")
+    for prefill in (W - 3, 2 * W + 3):
+        runner.reset()
+        torch.testing.assert_close(_teacher_forced(runner, tokens, prefill), full[prefill - 1:], atol=1e-4, rtol=0)
+    prompt = "hello there, hello there"  # longer than one call in the tiny vocabulary
+    text = StockTextRunner(folder).generate(prompt, max_new_tokens=8)[0]
+    assert text and text == StockTextRunner(unchunked).generate(prompt, max_new_tokens=8)[0]
+
+
+def test_a_prefill_chunk_longer_than_the_context_is_refused(tiny_export, tmp_path):
+    with pytest.raises(GemmaEdgeError, match="--prefill-chunk 40: one call takes 1 to --max-seq-len"):
+        export_pte(tiny_export[0], tmp_path / "pte", max_seq_len=4 * W, prefill_chunk=5 * W)
+
+
 def test_runner_metadata(tiny_export):
     from executorch.runtime import Runtime
 
@@ -155,6 +186,28 @@ def test_a_tied_int4_table_is_stored_once_with_the_same_logits(tmp_path, monkeyp
     a, b = ExecuTorchRunner(once / "model.pte"), ExecuTorchRunner(twice / "model.pte")
     assert torch.equal(_teacher_forced(a, tokens, W + 2), _teacher_forced(b, tokens, W + 2))
     assert StockTextRunner(once).generate("hello there", 12)[0] == StockTextRunner(twice).generate("hello there", 12)[0]
+
+
+def test_the_head_in_slices_gives_the_same_logits_one_delegate_per_slice(tmp_path, monkeypatch):
+    """`SplitHead`: the int4 head as 8 row slices, each XNNPACK delegate packing 1/8 of it at load, computes
+    the very logits of the head in one piece."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    from gemma_edge.export import xnnpack_quant as xq
+
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=1, hidden_size=128,
+                                                                     intermediate_size=256)))
+    q = quantize_model(loaded, PRESETS["int4-block32"], progress=False).save(tmp_path / "q")
+    tokens, logits, delegates = list(range(10, 30)), {}, {}
+    for parts in (1, xq.HEAD_SLICES):
+        monkeypatch.setattr(xq, "HEAD_SLICES", parts)
+        folder = export_pte(q, tmp_path / f"pte{parts}", max_seq_len=32)
+        runner = ExecuTorchRunner(folder / "model.pte")
+        logits[parts] = torch.stack([runner.prefill(tokens)] + [runner.decode(t) for t in (5, 6, 7)])
+        program = deserialize_pte_binary((folder / "model.pte").read_bytes()).program
+        delegates[parts] = len(program.execution_plan[0].delegates)
+    assert xq.HEAD_SLICES == 8 and torch.equal(logits[1], logits[8])
+    assert delegates[8] - delegates[1] == 7 + 1  # seven more slices, and the concatenation of their logits
 
 
 def test_preprocess_on_shared_weights_writes_the_same_program(tmp_path, monkeypatch):

@@ -166,9 +166,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def artifact_max_seq_len(manifest: dict) -> int | None:
-    """The context an artifact was exported for (the .pte's runner metadata, the ONNX folder's metadata)."""
+    """The context an artifact was exported for (the .pte's runner metadata — `get_max_seq_len` is one
+    call's length there, at most the context — or the ONNX folder's metadata)."""
     meta = manifest.get("metadata", {})
-    value = meta.get("get_max_seq_len", meta.get("max_seq_len"))
+    value = meta.get("get_max_context_len", meta.get("get_max_seq_len", meta.get("max_seq_len")))
     return value if isinstance(value, int) and value > 0 else None
 
 

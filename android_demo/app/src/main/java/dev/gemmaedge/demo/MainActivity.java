@@ -220,7 +220,8 @@ public class MainActivity extends Activity {
     int budget = (turn.reset ? 0 : session.cachedTokens()) + turn.tokensBound + REPLY_TOKENS;
     LlmGenerationConfig config = LlmGenerationConfig.create()
         .echo(false)
-        .seqLen(budget) // the runner caps it at the context and counts what the cache holds
+        .seqLen(budget) // the runner caps it at the context and counts what the cache holds ...
+        .maxNewTokens(session.replyTokens()) // ... unless the .pte's prefill is shorter than its context
         .temperature(temp)
         .build();
     try {

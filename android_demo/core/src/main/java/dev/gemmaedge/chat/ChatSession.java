@@ -137,6 +137,16 @@ public final class ChatSession {
     return cachedTokens;
   }
 
+  /**
+   * Tokens kept for each reply: pass it as the generation's {@code maxNewTokens}. A {@code .pte} whose
+   * prefill call is shorter than its context ({@code get_max_seq_len < get_max_context_len}) makes
+   * ExecuTorch's runner count its {@code seqLen} budget from position 0 instead of from what the cache
+   * holds, so {@code seqLen} alone would let a reply run past the context.
+   */
+  public int replyTokens() {
+    return replyTokens;
+  }
+
   public ChatHistory history() {
     return history;
   }

@@ -75,6 +75,8 @@ class ExecuTorchRunner:
     def _forward(self, tokens: Sequence[int]) -> torch.Tensor:
         if self.pos + len(tokens) > self.max_seq_len:
             raise GemmaEdgeError(f"{self.pos + len(tokens)} tokens exceed the .pte's context of {self.max_seq_len}")
+        if not tokens:
+            raise GemmaEdgeError("no tokens to run; a prompt has at least one (the BOS)")
         check_token_ids(tokens, self.vocab_size)
         for start in range(0, len(tokens), self.prefill_len):
             chunk = list(tokens[start:start + self.prefill_len])

@@ -70,6 +70,8 @@ def test_a_prefill_chunk_shorter_than_the_context_keeps_the_logits(tiny_export, 
     for prefill in (W - 3, 2 * W + 3):
         runner.reset()
         torch.testing.assert_close(_teacher_forced(runner, tokens, prefill), full[prefill - 1:], atol=1e-4, rtol=0)
+    with pytest.raises(GemmaEdgeError, match="no tokens to run"):
+        runner.prefill([])
     prompt = "hello there, hello there"  # longer than one call in the tiny vocabulary
     text = StockTextRunner(folder).generate(prompt, max_new_tokens=8)[0]
     assert text and text == StockTextRunner(unchunked).generate(prompt, max_new_tokens=8)[0]

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from gemma_edge.model import ReferenceRunner, generate
+from gemma_edge.model import GemmaEdgeError, ReferenceRunner, generate
 from gemma_edge.model.image_processing import ImageSettings, preprocess, prompt_segments
 from gemma_edge.model.loader import load_vision
 from gemma_edge.runtimes.executorch_runner import ExecuTorchMultimodalRunner, stock_multimodal_generate
@@ -100,15 +100,21 @@ def test_text_only_export_leaves_the_vision_tower_out(exported, tmp_path, monkey
     folder, _, _ = exported
     lowered = {}
 
-    def fake_lower(model, stop_ids, progress=True, vision=None):
-        lowered.update(methods=sorted(et.pte_methods(model, vision)), vision=vision)
+    def fake_lower(model, stop_ids, progress=True, vision=None, prefill_chunk=None):
+        lowered.update(methods=sorted(et.pte_methods(model, vision, prefill_chunk)), vision=vision)
         return type("Program", (), {"write_to_file": staticmethod(lambda f: f.write(b"pte")),
                                     "write_tensor_data_to_file": staticmethod(lambda folder: None)})()
 
     monkeypatch.setattr(et, "lower_to_pte", fake_lower)
+    monkeypatch.setattr(et, "PREFILL_CHUNK", MAX_SEQ_LEN // 4)  # the tiny model's context is MAX_SEQ_LEN
     out = et.export_pte(folder, tmp_path / "text", max_seq_len=MAX_SEQ_LEN, text_only=True)  # patched: no cache
     assert lowered == {"methods": ["forward"], "vision": None}
-    assert "vision" not in json.loads((out / "manifest.json").read_text())["metadata"]
+    metadata = json.loads((out / "manifest.json").read_text())["metadata"]
+    assert "vision" not in metadata
+    # a text .pte takes prompts in calls of PREFILL_CHUNK; the multimodal one refuses a shorter call
+    assert (metadata["get_max_seq_len"], metadata["get_max_context_len"]) == (MAX_SEQ_LEN // 4, MAX_SEQ_LEN)
+    with pytest.raises(GemmaEdgeError, match="--prefill-chunk is for text .pte files"):
+        et.export_pte(folder, tmp_path / "chunked", max_seq_len=MAX_SEQ_LEN, prefill_chunk=MAX_SEQ_LEN // 2)
 
 
 def test_parity_harness_passes_the_multimodal_pte(exported):

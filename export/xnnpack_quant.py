@@ -96,7 +96,7 @@ class SplitHead(nn.Module):
 
     def __init__(self, q: QTensor, name: str, parts: int):
         super().__init__()
-        self.parts = nn.ModuleList(DynActIntLinear(dataclasses.replace(q, qdata=q.qdata[r], scale=q.scale[r]), name)
+        self.parts = nn.ModuleList(integer_linear(dataclasses.replace(q, qdata=q.qdata[r], scale=q.scale[r]), name)
                                    for r in row_slices(q.qdata.shape[0], parts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,9 +184,7 @@ def quantized_pte_model(ckpt: QuantizedCheckpoint, max_seq_len: int) -> Gemma:
     swap_modules(model, replace)
     if model.lm_head is None:  # tied in the float model
         if LM_HEAD in ckpt.quantized:  # the recipe gives the head its own format
-            q = ckpt.quantized[LM_HEAD]
-            _check_supported(LM_HEAD, q, LINEAR)
-            model.lm_head = SplitHead(q, LM_HEAD, HEAD_SLICES)
+            model.lm_head = SplitHead(ckpt.quantized[LM_HEAD], LM_HEAD, HEAD_SLICES)
         elif LM_HEAD in ckpt.floats:
             model.lm_head = nn.Linear(ckpt.config.hidden_size, ckpt.config.vocab_size, bias=False, device="meta")
         elif EMBEDDING in ckpt.quantized:  # one table, same integers, stored once

@@ -145,7 +145,7 @@ class ExecuTorchMultimodalRunner:
                                  "in it); export a multimodal checkpoint without --text-only")
         self.vision, self.embed, self.decoder = (program.load_method(n) for n in
                                                  ("vision_encoder", "token_embedding", "text_decoder"))
-        self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+        self.max_seq_len = int(program.load_method("get_max_context_len").execute([])[0])  # the KV cache's length
         self.vocab_size = int(program.load_method("get_vocab_size").execute([])[0])
         self.image_token_id, self.tokens_per_image = meta["image_token_id"], meta["tokens_per_image"]
         self.images: torch.Tensor | None = None

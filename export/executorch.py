@@ -52,7 +52,7 @@ class ETFullCache(nn.Module):
 
     def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
         """q, k, v and the result in [B, T, heads, D], the fused ops' layout."""
-        start = input_pos[0].item()
+        start = torch.ops.aten._local_scalar_dense(input_pos[0])  # .item(), as ExecuTorch would decompose it
         torch._check(start >= 0)
         torch._check(start < self.max_seq_len)
         torch.ops.llama.update_cache(k, self.k, start)
@@ -69,7 +69,15 @@ class ETFullCache(nn.Module):
 
 def _float_mask(allowed: torch.Tensor) -> torch.Tensor:
     """custom_sdpa takes an additive float mask."""
-    return torch.where(allowed, torch.zeros((), dtype=torch.float32), torch.full((), float("-inf")))
+    return torch.where(allowed, torch.full((), 0.0), torch.full((), float("-inf")))
+
+
+def call_positions(input_pos: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """input_pos[0] + arange(T) for a call of T positions (dim 1 of `tokens`). Spelled as the ops ExecuTorch's
+    decomposition table leaves alone (`arange(0, T, 1)`, and below `_local_scalar_dense` for `.item()`,
+    `full` for `zeros`; `logical_and` in the masks): a program holding none of its ops is not decomposed a
+    second time by `to_edge_transform_and_lower` (`unfiltered_when_nothing_to_filter`)."""
+    return input_pos[0] + torch.arange(0, tokens.shape[1], 1)
 
 
 class RingMask:
@@ -170,7 +178,7 @@ class PteDecoder(nn.Module):
         self.model, self.ring = on_et_caches(model)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        positions = input_pos[0] + torch.arange(tokens.shape[1])
+        positions = call_positions(input_pos, tokens)
         self.ring.compute(positions)
         return self.model(tokens, positions, last_logits_only=True)[:, -1, :]
 
@@ -242,7 +250,7 @@ class PteTextDecoder(nn.Module):
         self.model, self.ring = on_et_caches(model)
 
     def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        positions = input_pos[0] + torch.arange(embeds.shape[1])
+        positions = call_positions(input_pos, embeds)
         groups = image_groups(embeds[0, :, -1] > 0.5)
         self.ring.compute(positions, groups)
         x = self.model.hidden(embeds[..., :-1], positions, groups)
@@ -321,21 +329,30 @@ def preprocess_shares_weights() -> Iterator[None]:
             XnnpackBackend.copy_exported_program_for_preprocess = own
 
 
+# In ExecuTorch's decomposition table, yet left as they are by it: the symbolic size every dynamic-length
+# program reads (`start + T <= cache` of `llama::update_cache`'s checks). ExecuTorch decomposes a program a
+# second time whenever one of the table's ops is in it; declaring these kept changes nothing else.
+UNCHANGED_BY_DECOMPOSITION = (torch.ops.aten.sym_size.int,)
+
+
 def unfiltered_when_nothing_to_filter(partitioner_class: type) -> type:
     """`partitioner_class` whose `ops_to_not_decompose` drops its per-node filter when the filter keeps every
     node of those ops in the program. ExecuTorch (`_gen_edge_manager_for_partitioners`) decomposes a program
     three times over for a partitioner with a filter — to mark the nodes it keeps with stand-in ops and
     restore them — and once without one; XNNPACK's filter keeps every linear of ours, so the two ways lower
     the same program, and without the filter two of the three passes over the whole graph are gone (the .pte
-    is byte-identical; export time in docs/executorch.md). A program with a node the filter refuses keeps it."""
+    is byte-identical; export time in docs/executorch.md). A program with a node the filter refuses keeps it.
+    It also names `UNCHANGED_BY_DECOMPOSITION`, so that a program spelled in the table's decomposed ops
+    (`call_positions`) is decomposed once, not twice."""
 
     class Partitioner(partitioner_class):
         def ops_to_not_decompose(self, ep):
             ops, keeps = super().ops_to_not_decompose(ep)
-            if keeps is not None and all(keeps(n) for n in ep.graph.nodes
-                                         if n.op == "call_function" and n.target in ops):
-                return ops, None
-            return ops, keeps
+            if keeps is not None and not all(keeps(n) for n in ep.graph.nodes
+                                             if n.op == "call_function" and n.target in ops):
+                return ops, keeps
+            # (asked again of the lowered edge program, to check that every op named was delegated)
+            return ops + (list(UNCHANGED_BY_DECOMPOSITION) if ep.dialect == "ATEN" else []), None
 
     Partitioner.__name__ = Partitioner.__qualname__ = partitioner_class.__name__
     return Partitioner

@@ -87,11 +87,12 @@ def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | Non
     later ones included: Gemma 3's bidirectional image attention, still cut by the window, as in HF."""
     q = q_pos[:, None]
     k = key_pos[None, :]
-    allowed = (k >= 0) & (k <= q)
+    # (logical_and/_or, not & and |: ExecuTorch would decompose those, and with them the whole program, again)
+    allowed = torch.logical_and(k >= 0, k <= q)
     if q_group is not None and key_group is not None:
-        allowed = allowed | ((q_group[:, None] >= 0) & (q_group[:, None] == key_group[None, :]))
+        allowed = torch.logical_or(allowed, torch.logical_and(q_group[:, None] >= 0, q_group[:, None] == key_group[None, :]))
     if window is not None:  # q - k < window, compared without materializing the [T, S] differences
-        allowed = allowed & (k > q - window)
+        allowed = torch.logical_and(allowed, k > q - window)
     return allowed
 
 
@@ -118,7 +119,7 @@ def ring_key_positions(start: torch.Tensor, window: int) -> torch.Tensor:
     """Positions held by ring slots 0..window-1 before a call starting at `start` (a 0-d tensor): slot s
     holds the latest p < start with p % window == s; negative means empty. Positions arrive in order,
     so they are a function of `start` and need no buffer."""
-    slots = torch.arange(window, device=start.device)
+    slots = torch.arange(0, window, 1, device=start.device)  # (start, end, step: the overload ExecuTorch keeps)
     # (start - 1 - s) mod window, written with a non-negative dividend: runtimes disagree on the sign
     # of a remainder of negative numbers (ExecuTorch's kernel differs from torch.remainder).
     return start - 1 - (start + window - 1 - slots) % window

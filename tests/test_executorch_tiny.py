@@ -259,8 +259,25 @@ def test_dropping_a_filter_that_keeps_everything_writes_the_same_program(tmp_pat
     assert (fast / "model.pte").read_bytes() == (stock / "model.pte").read_bytes()
 
 
+def test_the_program_is_decomposed_once(tmp_path, monkeypatch):
+    """The traced graph holds no op of ExecuTorch's decomposition table (`call_positions`), so lowering runs
+    `run_decompositions` once (to functionalize), not a second time over the whole program."""
+    loaded = load(write_tiny_checkpoint(tmp_path / "t", tiny_config(num_layers=2)))
+    q = quantize_model(loaded, PRESETS["int4-block32"], progress=False).save(tmp_path / "q")
+    tables = []
+    original = torch.export.ExportedProgram.run_decompositions
+
+    def counted(self, decomp_table=None, *args, **kwargs):
+        tables.append(decomp_table)
+        return original(self, decomp_table, *args, **kwargs)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", counted)
+    export_pte(q, tmp_path / "pte", max_seq_len=32)
+    assert tables == [{}]
+
+
 def test_a_filter_that_refuses_a_node_is_kept():
-    from gemma_edge.export.executorch import unfiltered_when_nothing_to_filter
+    from gemma_edge.export.executorch import UNCHANGED_BY_DECOMPOSITION, unfiltered_when_nothing_to_filter
 
     class Module(torch.nn.Module):
         def forward(self, x):
@@ -268,6 +285,7 @@ def test_a_filter_that_refuses_a_node_is_kept():
 
     class Program:
         graph = torch.fx.symbolic_trace(Module()).graph
+        dialect = "ATEN"
 
     ops = [torch.relu, torch.tanh]
 
@@ -278,8 +296,11 @@ def test_a_filter_that_refuses_a_node_is_kept():
         return unfiltered_when_nothing_to_filter(Stock)()
 
     refuse_tanh = lambda node: node.target is not torch.tanh  # noqa: E731
+    kept = ops + list(UNCHANGED_BY_DECOMPOSITION)
     assert partitioner_class(refuse_tanh).ops_to_not_decompose(Program) == (ops, refuse_tanh)
-    assert partitioner_class(lambda node: True).ops_to_not_decompose(Program) == (ops, None)
+    assert partitioner_class(lambda node: True).ops_to_not_decompose(Program) == (kept, None)
+    assert partitioner_class(None).ops_to_not_decompose(Program) == (kept, None)
+    Program.dialect = "EDGE"  # asked again of the lowered program: only the ops that must have been delegated
     assert partitioner_class(None).ops_to_not_decompose(Program) == (ops, None)
 
 

@@ -32,7 +32,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     targets = [(a, mode) for a in args.artifact for mode in (("runner", "stock") if args.stock else ("runner",))]
     targets += [(str(resolve_model_path(args.gguf)), "runner")] if args.gguf else []
     reports = bench_side_by_side(targets, prompt_len=args.prompt_len, decode_tokens=args.decode_tokens, runs=args.runs,
-                                 threads=args.threads, verify=not args.no_verify)
+                                 threads=args.threads, verify=not args.no_verify, lock_pages=args.mlock)
     for r in reports:
         stock = " through ExecuTorch's TextLLMRunner" if r["artifact"].endswith(".pte") else " through onnxruntime-genai"
         how = stock if r["mode"] == "stock" else ""
@@ -43,6 +43,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
               f"before loading: {r['baseline_rss_mib']:.1f})")
     if len(reports) > 1:
         print("(runs alternate between the artifacts; the figures are medians)")
+    print("(mapped pages locked in memory where the host allows it)" if args.mlock
+          else "(files mapped as an app maps them, no page locked in memory)")
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, sort_keys=True))
 
@@ -84,20 +86,26 @@ def register(sub) -> None:
                         "270M/1B), or GroupQueryAttention refuses the cache")
 
     p = add_command(sub, "bench", cmd_bench, "prefill/decode speed, TTFT, peak RSS and size of artifacts",
-                    "Measure exported folders in fresh subprocesses: prefill tok/s of one PROMPT_LEN-token call, "
+                    "Measure exported folders in fresh subprocesses: prefill tok/s of a PROMPT_LEN-token prompt, "
                     "decode tok/s after it, time to first token, peak RSS; the median of --runs. With --gguf, the "
                     "same for a GGUF through llama.cpp (and, with --stock, for each folder through its runtime's own "
                     "loop: ExecuTorch's TextLLMRunner for a .pte, onnxruntime-genai for ONNX). Several folders are "
-                    "measured side by side: runs alternate between all of them, so a drifting host hits each alike.")
+                    "measured side by side: runs alternate between all of them, so a drifting host hits each alike. "
+                    "Each process maps files as an app does, without locking their pages in memory (see --mlock).")
     p.add_argument("artifact", nargs="+", help="folders with model.pte or model.onnx")
     p.add_argument("--gguf", help="also measure this GGUF (or `bundled`) through llama-cpp-python, with the same "
                                   "protocol, side by side (needs pip install llama-cpp-python)")
     p.add_argument("--stock", action="store_true", help="also measure the folder through its runtime's own loop: "
                    "a .pte through ExecuTorch's C++ TextLLMRunner (what Android's LlmModule wraps), an ONNX folder "
                    "through onnxruntime-genai (what a genai app runs)")
-    p.add_argument("--prompt-len", type=positive_int, default=512, help="prompt tokens, prefilled in one call")
+    p.add_argument("--prompt-len", type=positive_int, default=512,
+                   help="prompt tokens, prefilled in one call (a .pte: in calls of its get_max_seq_len)")
     p.add_argument("--decode-tokens", type=positive_int, default=64, help="tokens decoded after the prompt")
     p.add_argument("--runs", type=positive_int, default=3, help="fresh processes measured; figures are their medians")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of each runtime")
+    p.add_argument("--mlock", action="store_true",
+                   help="let the runtimes lock mapped pages in memory where the host allows it (a root process: "
+                        "ExecuTorch then keeps the whole .pte's constants resident); by default they map as an "
+                        "Android app or unprivileged process does, reading pages in as they are used")
     p.add_argument("--json", action="store_true", help="also print the raw JSON")
     add_verify_option(p)

@@ -1,11 +1,14 @@
 """`gemma-edge bench`: prefill and decode speed, time to first token, peak RSS and size of an artifact.
 
 Each measurement runs in a fresh subprocess, so peak RSS is that of a process that loaded only the
-artifact (the baseline of an interpreter with torch imported is reported beside it)."""
+artifact (the baseline of an interpreter with torch imported is reported beside it). That process maps files
+as an app does, without locking their pages in memory (`_unlocked_pages`), unless `lock_pages` is asked."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -162,9 +165,26 @@ def measure_own_loop(artifact_dir: Path, prompt_len: int, decode_tokens: int, th
 MEASURES = {"runner": measure, "stock": measure_own_loop}
 
 
-def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, threads: int) -> dict:
+PR_CAPBSET_DROP, CAP_IPC_LOCK = 24, 14  # <linux/prctl.h>, <linux/capability.h>
+
+
+def _unlocked_pages() -> None:
+    """In a measured process before it starts (Linux): no page of a mapped file can be locked in memory, as in
+    an Android app or an unprivileged process. ExecuTorch's Python bindings and TextLLMRunner map a `.pte`
+    asking `mlock` of every segment and carry on when it is refused (`UseMlockIgnoreErrors`), which the
+    default RLIMIT_MEMLOCK does; the demo app loads with LlmModule's LOAD_MODE_MMAP (no mlock), and llama.cpp
+    maps without locking by default. Only a root process gets the lock, and then the whole int8 gather table
+    is resident where a prompt reads a few of its rows (docs/executorch.md)."""
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
+    if os.geteuid() == 0:  # root's CAP_IPC_LOCK ignores the limit; drop it from what the program will hold
+        ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0)
+
+
+def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, threads: int,
+              lock_pages: bool = False) -> dict:
+    unlocked = None if lock_pages or sys.platform != "linux" else _unlocked_pages
     proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", mode, str(target), str(prompt_len),
-                           str(decode_tokens), str(threads)], capture_output=True, text=True)
+                           str(decode_tokens), str(threads)], capture_output=True, text=True, preexec_fn=unlocked)
     if proc.returncode != 0:
         from . import exit_reason
 
@@ -173,10 +193,11 @@ def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, thre
 
 
 def bench_side_by_side(targets: list[tuple[str | Path, str]], prompt_len: int = 512, decode_tokens: int = 64,
-                       runs: int = 3, threads: int = 2, verify: bool = True) -> list[dict]:
+                       runs: int = 3, threads: int = 2, verify: bool = True, lock_pages: bool = False) -> list[dict]:
     """Medians over `runs` fresh processes per (artifact, mode), mode "runner" (ours) or "stock" (the runtime's
     own loop: ExecuTorch's TextLLMRunner, onnxruntime-genai). Run i of every target comes before run i+1 of any, so drift of a shared host hits all of
-    them alike. Exported folders are first checked against their manifests."""
+    them alike. Exported folders are first checked against their manifests. `lock_pages` lets the processes
+    lock mapped pages where the host allows it (a root process), instead of mapping as an app does."""
     from . import artifact_files
 
     files = [artifact_files(target) for target, _ in targets]
@@ -193,12 +214,13 @@ def bench_side_by_side(targets: list[tuple[str | Path, str]], prompt_len: int = 
     results: list[list[dict]] = [[] for _ in targets]
     for _ in range(runs):
         for i, (target, mode) in enumerate(targets):
-            results[i].append(_run_once(Path(target), mode, prompt_len, decode_tokens, threads))
+            results[i].append(_run_once(Path(target), mode, prompt_len, decode_tokens, threads, lock_pages))
     summaries = []
     for (_, mode), fs, rs in zip(targets, files, results):
         summary = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         summary.update(file_mib=sum(f.stat().st_size for f in fs) / 2**20, runs=runs, threads=threads,
-                       prompt_len=prompt_len, decode_tokens=decode_tokens, artifact=str(fs[0]), mode=mode)
+                       prompt_len=prompt_len, decode_tokens=decode_tokens, artifact=str(fs[0]), mode=mode,
+                       pages_locked=lock_pages)
         summaries.append(summary)
     return summaries
 

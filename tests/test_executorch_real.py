@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import REAL_MAX_SEQ_LEN, REAL_PROMPTS
@@ -88,3 +91,30 @@ def test_manifest_describes_the_quantized_artifact(exports):
     assert manifest["recipe"]["name"] == "int4-block32"
     assert manifest["sha256"] == hashlib.sha256((pte / "model.pte").read_bytes()).hexdigest()
     assert manifest["size_bytes"] < 400 * 2**20
+
+
+LOCKED_KIB = """
+import sys
+import executorch.extension.llm.custom_ops.custom_ops, executorch.kernels.quantized  # the .pte's kernels
+from executorch.runtime import Runtime
+program = Runtime.get().load_program(sys.argv[1])
+method = program.load_method("forward")  # (both held while the status is read)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmLck:")))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="VmLck, RLIMIT_MEMLOCK and capabilities are Linux's")
+def test_bench_processes_map_the_pte_without_locking_its_pages(exports):
+    """ExecuTorch's bindings ask mlock of every mapped segment (the int8 table's 160 MiB stay locked after load);
+    a measured process is refused it, as an app is."""
+    from gemma_edge.runtimes.bench import _unlocked_pages
+
+    pte = exports["int4-block32"][1] / "model.pte"
+
+    def locked_kib(**kwargs) -> int:
+        return int(subprocess.run([sys.executable, "-c", LOCKED_KIB, str(pte)], check=True, capture_output=True,
+                                  text=True, **kwargs).stdout.split()[-1])
+
+    assert locked_kib(preexec_fn=_unlocked_pages) == 0
+    if os.geteuid() == 0:  # and the probe does see a lock where the host grants one
+        assert locked_kib() > 0

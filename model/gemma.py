@@ -90,7 +90,8 @@ def attention_mask(q_pos: torch.Tensor, key_pos: torch.Tensor, window: int | Non
     # (logical_and/_or, not & and |: ExecuTorch would decompose those, and with them the whole program, again)
     allowed = torch.logical_and(k >= 0, k <= q)
     if q_group is not None and key_group is not None:
-        allowed = torch.logical_or(allowed, torch.logical_and(q_group[:, None] >= 0, q_group[:, None] == key_group[None, :]))
+        same_image = torch.logical_and(q_group[:, None] >= 0, q_group[:, None] == key_group[None, :])
+        allowed = torch.logical_or(allowed, same_image)
     if window is not None:  # q - k < window, compared without materializing the [T, S] differences
         allowed = torch.logical_and(allowed, k > q - window)
     return allowed

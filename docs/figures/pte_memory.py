@@ -1,11 +1,14 @@
 """Where a `.pte`'s resident memory goes under ExecuTorch's stock TextLLMRunner, measured in fresh processes.
 
 Run: python docs/figures/pte_memory.py PTE_FOLDER [PTE_FOLDER ...] [--prompt-len 512] [--decode 64] [--weight-cache]
+     [--mlock]
 
 For each folder, a fresh process imports the runtime (baseline), constructs TextLLMRunner and generates one
 token (the program is loaded, XNNPACK has packed its weights), then prefills PROMPT_LEN tokens and decodes
-DECODE more. After loading it reads /proc/self/smaps: resident pages of the mapped model.pte and model.ptd
-(file-backed; TextLLMRunner's load mode maps and mlocks the whole file) and anonymous memory (XNNPACK's packed weights,
+DECODE more. The process maps files as an app does (`gemma-edge bench`'s `_unlocked_pages`); with --mlock, it may
+lock them as TextLLMRunner's load mode asks (granted to root only; the figures in docs/executorch.md before
+2026-12-01 "A second host" were taken that way). After loading it reads /proc/self/smaps: resident pages of the
+mapped model.pte and model.ptd (file-backed) and anonymous memory (XNNPACK's packed weights,
 the memory plan, the heap). The memory plan's size comes from the program itself (its non-constant
 buffers); the tokenizer's, in a process of its own, from the tokenizers library the runner links (its
 SentencePiece model of Gemma's 262,144 pieces: part of the anonymous memory, though not the model's).
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 from gemma_edge.runtimes import artifact_files
+from gemma_edge.runtimes.bench import _unlocked_pages
 
 WORKER = r"""
 import json, sys
@@ -95,6 +99,7 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--weight-cache", action="store_true",
                     help="turn on XNNPACK's weight cache (a backend option, off in the pip runtime) before loading")
+    ap.add_argument("--mlock", action="store_true", help="let the runner lock the mapped files where the host allows")
     args = ap.parse_args()
     print("| artifact | file | baseline RSS | after load: total / mapped file / anonymous | memory plan | tokenizer | "
           f"peak ({args.prompt_len} + {args.decode} tokens) | peak above baseline / file |")
@@ -102,7 +107,8 @@ def main() -> None:
     for folder in args.folders:
         proc = subprocess.run([sys.executable, "-c", WORKER, str(folder), str(args.prompt_len), str(args.decode),
                                str(int(args.weight_cache))],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True,
+                              preexec_fn=None if args.mlock else _unlocked_pages)
         m = json.loads(proc.stdout.strip().splitlines()[-1])
         plan = float(subprocess.run([sys.executable, "-c", PLAN, str(folder / "model.pte")], capture_output=True,
                                     text=True, check=True).stdout.strip().splitlines()[-1])

@@ -2,7 +2,7 @@
 
 Each measurement runs in a fresh subprocess, so peak RSS is that of a process that loaded only the
 artifact (the baseline of an interpreter with torch imported is reported beside it). That process maps files
-as an app does, without locking their pages in memory (`_unlocked_pages`), unless `lock_pages` is asked."""
+as an app does, without locking their pages in memory (`unlocked_pages`), unless `lock_pages` is asked."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from gemma_edge.model.errors import GemmaEdgeError
 
@@ -168,7 +169,7 @@ MEASURES = {"runner": measure, "stock": measure_own_loop}
 PR_CAPBSET_DROP, CAP_IPC_LOCK = 24, 14  # <linux/prctl.h>, <linux/capability.h>
 
 
-def _unlocked_pages() -> None:
+def unlocked_pages() -> None:
     """In a measured process before it starts (Linux): no page of a mapped file can be locked in memory, as in
     an Android app or an unprivileged process. ExecuTorch's Python bindings and TextLLMRunner map a `.pte`
     asking `mlock` of every segment and carry on when it is refused (`UseMlockIgnoreErrors`), which the
@@ -180,11 +181,16 @@ def _unlocked_pages() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0)
 
 
+def measured_process_setup(lock_pages: bool = False) -> Callable[[], None] | None:
+    """The `preexec_fn` of a measured process: `unlocked_pages` on Linux unless `lock_pages`, else nothing."""
+    return None if lock_pages or sys.platform != "linux" else unlocked_pages
+
+
 def _run_once(target: Path, mode: str, prompt_len: int, decode_tokens: int, threads: int,
               lock_pages: bool = False) -> dict:
-    unlocked = None if lock_pages or sys.platform != "linux" else _unlocked_pages
     proc = subprocess.run([sys.executable, "-m", "gemma_edge.runtimes.bench", mode, str(target), str(prompt_len),
-                           str(decode_tokens), str(threads)], capture_output=True, text=True, preexec_fn=unlocked)
+                           str(decode_tokens), str(threads)], capture_output=True, text=True,
+                          preexec_fn=measured_process_setup(lock_pages))
     if proc.returncode != 0:
         from . import exit_reason
 

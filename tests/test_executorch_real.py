@@ -107,7 +107,7 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 def test_bench_processes_map_the_pte_without_locking_its_pages(exports):
     """ExecuTorch's bindings ask mlock of every mapped segment (the int8 table's 160 MiB stay locked after load);
     a measured process is refused it, as an app is."""
-    from gemma_edge.runtimes.bench import _unlocked_pages
+    from gemma_edge.runtimes.bench import unlocked_pages
 
     pte = exports["int4-block32"][1] / "model.pte"
 
@@ -115,6 +115,6 @@ def test_bench_processes_map_the_pte_without_locking_its_pages(exports):
         return int(subprocess.run([sys.executable, "-c", LOCKED_KIB, str(pte)], check=True, capture_output=True,
                                   text=True, **kwargs).stdout.split()[-1])
 
-    assert locked_kib(preexec_fn=_unlocked_pages) == 0
+    assert locked_kib(preexec_fn=unlocked_pages) == 0
     if os.geteuid() == 0:  # and the probe does see a lock where the host grants one
         assert locked_kib() > 0

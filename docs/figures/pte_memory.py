@@ -5,7 +5,7 @@ Run: python docs/figures/pte_memory.py PTE_FOLDER [PTE_FOLDER ...] [--prompt-len
 
 For each folder, a fresh process imports the runtime (baseline), constructs TextLLMRunner and generates one
 token (the program is loaded, XNNPACK has packed its weights), then prefills PROMPT_LEN tokens and decodes
-DECODE more. The process maps files as an app does (`gemma-edge bench`'s `_unlocked_pages`); with --mlock, it may
+DECODE more. The process maps files as an app does (`gemma-edge bench`'s `unlocked_pages`); with --mlock, it may
 lock them as TextLLMRunner's load mode asks (granted to root only; the figures in docs/executorch.md before
 2026-12-01 "A second host" were taken that way). After loading it reads /proc/self/smaps: resident pages of the
 mapped model.pte and model.ptd (file-backed) and anonymous memory (XNNPACK's packed weights,
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from gemma_edge.runtimes import artifact_files
-from gemma_edge.runtimes.bench import _unlocked_pages
+from gemma_edge.runtimes.bench import measured_process_setup
 
 WORKER = r"""
 import json, sys
@@ -108,7 +108,7 @@ def main() -> None:
         proc = subprocess.run([sys.executable, "-c", WORKER, str(folder), str(args.prompt_len), str(args.decode),
                                str(int(args.weight_cache))],
                               capture_output=True, text=True, check=True,
-                              preexec_fn=None if args.mlock else _unlocked_pages)
+                              preexec_fn=measured_process_setup(args.mlock))
         m = json.loads(proc.stdout.strip().splitlines()[-1])
         plan = float(subprocess.run([sys.executable, "-c", PLAN, str(folder / "model.pte")], capture_output=True,
                                     text=True, check=True).stdout.strip().splitlines()[-1])

@@ -5,9 +5,9 @@ The graph is the reference `Gemma` module with each layer's cache swapped for on
 [batch, seq, heads, dim]). The masks come from the same functions the reference uses
 (`attention_mask`, `ring_key_positions`), so sliding-window semantics are defined once:
 - global layers: a full-length cache, causal `custom_sdpa` from `start_pos`;
-- sliding layers: a ring of `window` slots; attention reads [ring before the call ++ new keys] with an
-  explicit mask, then the new keys go to slot `pos % window` (later positions win), so one prefill may
-  be longer than the window.
+- sliding layers: a ring of `window` slots; attention reads [new keys ++ ring before the call] with an
+  explicit mask, cut after the filled slots until the ring wraps (`RingMask`), then the new keys go to
+  slot `pos % window` (later positions win), so one prefill may be longer than the window.
 The method takes `tokens [1, T]` and `input_pos [1]` (the start position), T dynamic up to
 `max_seq_len`, and returns the last position's logits [1, vocab] — the stock runner reads only those.
 A multimodal checkpoint gives instead the three methods of ExecuTorch's MultimodalRunner
@@ -89,11 +89,22 @@ class RingMask:
         self.window = window
         self.mask: torch.Tensor | None = None
         self.slots: torch.Tensor | None = None
+        self.filled: int | torch.SymInt = window
 
     def compute(self, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> None:
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
         key_group = None if groups is None else ring_key_groups(groups, self.window)
-        self.mask = _float_mask(attention_mask(input_pos, key_pos, self.window, groups, key_group))
+        mask = attention_mask(input_pos, key_pos, self.window, groups, key_group)
+        # With a mask custom_sdpa reads every key it is given, so a 256-token call on an empty ring worked
+        # through 768 keys, 512 of them masked. Before the ring wraps only slots 0..start-1 hold keys: the
+        # layers read [new keys ++ ring] cut after those slots (a prefix: XNNPACK keeps the copy; a `cat` of
+        # a slice with an unbacked length left it to the portable kernels, twice per layer per step). At
+        # least one slot (masked when empty): ExecuTorch's dim-order check fails on a length that may be 0.
+        start = torch.ops.aten._local_scalar_dense(input_pos[0])
+        torch._check(start >= 0)
+        self.filled = torch.sym_max(1, torch.sym_min(start, self.window))
+        new_first = torch.cat((mask[:, self.window:], mask[:, :self.window]), dim=1)
+        self.mask = _float_mask(new_first[:, :input_pos.shape[0] + self.filled])
         self.slots = (input_pos % self.window)[None, :]  # later positions overwrite earlier ones
 
 
@@ -106,7 +117,8 @@ class ETRingCache(nn.Module):
 
     def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
         """q, k, v and the result in [B, T, heads, D], the fused ops' layout."""
-        keys, values = torch.cat((self.k, k), dim=1), torch.cat((self.v, v), dim=1)
+        n = k.shape[1] + self.shared.filled  # the call's keys, then the filled slots (`RingMask.compute`)
+        keys, values = torch.cat((k, self.k), dim=1)[:, :n], torch.cat((v, self.v), dim=1)[:, :n]
         out = torch.ops.llama.custom_sdpa(q, keys, values, 0, self.shared.mask, 0.0, False, scale)
         torch.ops.llama.update_cache_with_indices(k, self.k, 0, self.shared.slots)
         torch.ops.llama.update_cache_with_indices(v, self.v, 0, self.shared.slots)

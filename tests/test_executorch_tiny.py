@@ -49,6 +49,30 @@ def test_pte_logits_equal_the_reference(tiny_export, prefill):
     torch.testing.assert_close(_teacher_forced(runner, tokens, prefill), full[prefill - 1:], atol=1e-4, rtol=0)
 
 
+def test_sliding_layers_read_only_the_filled_ring_slots(tiny_export):
+    """Before the ring wraps, a sliding layer hands custom_sdpa the call's keys and the filled slots, not the
+    whole ring: the kernel reads every key it is given when there is a mask (at least one slot, masked)."""
+    from gemma_edge.export.executorch import PteDecoder
+
+    model = load(tiny_export[0], max_seq_len=4 * W).model
+    decoder = PteDecoder(model)
+    seen, sdpa = [], torch.ops.llama.custom_sdpa
+
+    def recording(q, k, v, start, mask, *rest):
+        if mask is not None:
+            seen.append((k.shape[1], tuple(mask.shape)))
+        return sdpa(q, k, v, start, mask, *rest)
+
+    tokens = torch.randint(0, model.config.vocab_size, (1, 3))
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        mp.setattr(torch.ops.llama, "custom_sdpa", recording)
+        for start in (0, 2, W - 1, W, 3 * W):
+            seen.clear()
+            decoder(tokens, torch.tensor([start]))
+            filled = max(1, min(start, W))
+            assert seen == [(3 + filled, (3, 3 + filled))], start
+
+
 def test_a_prefill_chunk_shorter_than_the_context_keeps_the_logits(tiny_export, tmp_path):
     """`--prefill-chunk`: one call takes at most 5 tokens of a 32-position cache; our runner and ExecuTorch's
     TextLLMRunner split longer prompts (the chunks cross the ring's wrap), and the logits stay the reference's."""

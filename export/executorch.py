@@ -5,9 +5,10 @@ The graph is the reference `Gemma` module with each layer's cache swapped for on
 [batch, seq, heads, dim]). The masks come from the same functions the reference uses
 (`attention_mask`, `ring_key_positions`), so sliding-window semantics are defined once:
 - global layers: a full-length cache, causal `custom_sdpa` from `start_pos`;
-- sliding layers: a ring of `window` slots; attention reads [new keys ++ ring before the call] with an
-  explicit mask, cut after the filled slots until the ring wraps (`RingMask`), then the new keys go to
-  slot `pos % window` (later positions win), so one prefill may be longer than the window.
+- sliding layers: a ring of `window` slots; the new keys go to slot `pos % window` (later positions win), so
+  one prefill may be longer than the window. A call of several tokens reads [new keys ++ ring before the
+  call] with an explicit mask, cut after the filled slots until the ring wraps (`masked_ring_attention`); a
+  one-token call reads the updated ring in place, causally (`one_token_attention`; a `torch.cond`).
 The method takes `tokens [1, T]` and `input_pos [1]` (the start position), T dynamic up to
 `max_seq_len`, and returns the last position's logits [1, vocab] — the stock runner reads only those.
 A multimodal checkpoint gives instead the three methods of ExecuTorch's MultimodalRunner
@@ -81,31 +82,50 @@ def call_positions(input_pos: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
 
 
 class RingMask:
-    """The sliding layers' mask over [ring before the call ++ new keys] and the slots the new keys go to:
-    the same for every sliding layer of a call, so `PteDecoder` / `PteTextDecoder` compute them once per
-    call and each ring cache reads them (rebuilt in every layer they cost 15-30 portable ops per layer)."""
+    """What every sliding layer of a call reads, computed once per call by `PteDecoder` / `PteTextDecoder`
+    (rebuilt in every layer it cost 15-30 portable ops per layer): the mask over [new keys ++ ring before the
+    call], the slots the new keys go to, and whether the call is one token."""
 
     def __init__(self, window: int):
         self.window = window
         self.mask: torch.Tensor | None = None
         self.slots: torch.Tensor | None = None
-        self.filled: int | torch.SymInt = window
+        self.one_token: torch.Tensor | None = None
 
     def compute(self, input_pos: torch.Tensor, groups: torch.Tensor | None = None) -> None:
         key_pos = torch.cat((ring_key_positions(input_pos[0], self.window), input_pos))
         key_group = None if groups is None else ring_key_groups(groups, self.window)
         mask = attention_mask(input_pos, key_pos, self.window, groups, key_group)
-        # With a mask custom_sdpa reads every key it is given, so a 256-token call on an empty ring worked
-        # through 768 keys, 512 of them masked. Before the ring wraps only slots 0..start-1 hold keys: the
-        # layers read [new keys ++ ring] cut after those slots (a prefix: XNNPACK keeps the copy; a `cat` of
-        # a slice with an unbacked length left it to the portable kernels, twice per layer per step). At
-        # least one slot (masked when empty): ExecuTorch's dim-order check fails on a length that may be 0.
-        start = torch.ops.aten._local_scalar_dense(input_pos[0])
-        torch._check(start >= 0)
-        self.filled = torch.sym_max(1, torch.sym_min(start, self.window))
-        new_first = torch.cat((mask[:, self.window:], mask[:, :self.window]), dim=1)
-        self.mask = _float_mask(new_first[:, :input_pos.shape[0] + self.filled])
+        self.mask = _float_mask(torch.cat((mask[:, self.window:], mask[:, :self.window]), dim=1))  # new keys first
         self.slots = (input_pos % self.window)[None, :]  # later positions overwrite earlier ones
+        self.one_token = input_pos[-1] == input_pos[0]
+
+
+def masked_ring_attention(q, keys, values, mask, input_pos, scale: float):
+    """A call of several tokens: attention over [new keys ++ ring before the call] with `RingMask`'s mask,
+    cut after the filled slots.
+
+    With a mask custom_sdpa reads every key it is given, so a 256-token call on an empty ring worked through
+    768 keys, 512 of them masked. Before the ring wraps only slots 0..start-1 hold keys: read [new keys ++ ring]
+    cut after those slots (a prefix: XNNPACK keeps the `cat`; a `cat` of a slice with an unbacked length left
+    it to the portable kernels, twice per layer per step). At least one slot (masked when empty): ExecuTorch's
+    dim-order check fails on a length that may be 0."""
+    torch._check(values.shape[1] == keys.shape[1])  # inside a `cond` branch each size is a fresh symbol
+    window = keys.shape[1] - q.shape[1]
+    start = torch.ops.aten._local_scalar_dense(input_pos[0])
+    torch._check(start >= 0)
+    n = q.shape[1] + torch.sym_max(1, torch.sym_min(start, window))
+    return torch.ops.llama.custom_sdpa(q, keys[:, :n], values[:, :n], 0, mask[:, :n], 0.0, False, scale)
+
+
+def one_token_attention(q, ring_k, ring_v, input_pos, scale: float):
+    """A one-token call, after its key went into slot `pos % window`: the ring holds exactly the position's
+    window once it has wrapped, slots 0..pos before. Causal from min(pos, window - 1) reads those slots and no
+    others — no copy of the ring, no mask."""
+    start = torch.ops.aten._local_scalar_dense(input_pos[0])
+    torch._check(start >= 0)
+    return torch.ops.llama.custom_sdpa(q, ring_k, ring_v, torch.sym_min(start, ring_k.shape[1] - 1), None, 0.0,
+                                       True, scale)
 
 
 class ETRingCache(nn.Module):
@@ -116,13 +136,21 @@ class ETRingCache(nn.Module):
         register_kv(self, (1, window, num_kv_heads, head_dim), dtype)
 
     def attend(self, q, k, v, input_pos, scale: float, groups: torch.Tensor | None = None):
-        """q, k, v and the result in [B, T, heads, D], the fused ops' layout."""
-        n = k.shape[1] + self.shared.filled  # the call's keys, then the filled slots (`RingMask.compute`)
-        keys, values = torch.cat((k, self.k), dim=1)[:, :n], torch.cat((v, self.v), dim=1)[:, :n]
-        out = torch.ops.llama.custom_sdpa(q, keys, values, 0, self.shared.mask, 0.0, False, scale)
+        """q, k, v and the result in [B, T, heads, D], the fused ops' layout.
+
+        A `cond` on the call's length: a decode step reads the updated ring in place, where the cut of
+        [new keys ++ ring] and the mask cost 0.76 of 9.8 ms per step. Its operands have backed sizes only
+        (ExecuTorch's passes lose an unbacked size across a `cond`, and so does a `cond`'s own output): the cut
+        happens inside the branch, and the copy before the update is made whatever the length."""
+        keys, values = torch.cat((k, self.k), dim=1), torch.cat((v, self.v), dim=1)
         torch.ops.llama.update_cache_with_indices(k, self.k, 0, self.shared.slots)
         torch.ops.llama.update_cache_with_indices(v, self.v, 0, self.shared.slots)
-        return out
+        return torch.cond(
+            self.shared.one_token,
+            lambda q, ring_k, ring_v, keys, values, mask, pos: one_token_attention(q, ring_k, ring_v, pos, scale),
+            lambda q, ring_k, ring_v, keys, values, mask, pos: masked_ring_attention(q, keys, values, mask, pos,
+                                                                                      scale),
+            (q, self.k, self.v, keys, values, self.shared.mask, input_pos))
 
 
 class LinearMeanRMSNorm(RMSNorm):
@@ -168,6 +196,7 @@ def on_et_caches(model: Gemma) -> tuple[Gemma, RingMask]:
     """A copy of `model` whose caches run on ExecuTorch's fused ops, spelled so that XNNPACK takes all of a
     layer between two attention calls (activation, norms, RoPE rotation); the ring mask its sliding layers
     share."""
+    _load_custom_ops()
     model = _copy_sharing_tensors(model)
     c = model.config
     ring = RingMask(c.sliding_window)
@@ -432,7 +461,9 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
             tag_shared_table(program)
     xnnpack = unfiltered_when_nothing_to_filter(XnnpackPartitioner)
     partitioners = [head_slices_apart(xnnpack)() if isinstance(model.lm_head, SplitHead) else xnnpack()]
-    with large_allocations_mapped():  # 4B: 14.1 -> 10.1 GiB
+    # no_grad: with parameters that require grad, ExecuTorch's passes re-trace each `cond` branch for a schema,
+    # and a branch that reads `.item()` fails there (PendingUnbackedSymbolNotFound).
+    with large_allocations_mapped(), torch.no_grad():  # 4B: 14.1 -> 10.1 GiB
         with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
             edge = to_edge_transform_and_lower(
                 programs["forward"] if vision is None else programs,

@@ -49,28 +49,36 @@ def test_pte_logits_equal_the_reference(tiny_export, prefill):
     torch.testing.assert_close(_teacher_forced(runner, tokens, prefill), full[prefill - 1:], atol=1e-4, rtol=0)
 
 
-def test_sliding_layers_read_only_the_filled_ring_slots(tiny_export):
-    """Before the ring wraps, a sliding layer hands custom_sdpa the call's keys and the filled slots, not the
-    whole ring: the kernel reads every key it is given when there is a mask (at least one slot, masked)."""
+def test_sliding_layers_read_only_the_keys_they_need(tiny_export):
+    """A call of several tokens hands custom_sdpa the call's keys and the filled slots, not the whole ring, with
+    a mask (the kernel reads every key it is given then; at least one slot, masked when empty). A one-token call
+    reads the updated ring itself, causally from min(pos, W - 1): slots 0..pos before the ring wraps, all W after.
+    The global layer reads its cache causally from the start."""
     from gemma_edge.export.executorch import PteDecoder
 
     model = load(tiny_export[0], max_seq_len=4 * W).model
     decoder = PteDecoder(model)
     seen, sdpa = [], torch.ops.llama.custom_sdpa
 
-    def recording(q, k, v, start, mask, *rest):
-        if mask is not None:
-            seen.append((k.shape[1], tuple(mask.shape)))
-        return sdpa(q, k, v, start, mask, *rest)
+    def recording(q, k, v, start, mask, dropout, causal, *rest):
+        seen.append((k.shape[1], start, None if mask is None else tuple(mask.shape), causal))
+        return sdpa(q, k, v, start, mask, dropout, causal, *rest)
 
-    tokens = torch.randint(0, model.config.vocab_size, (1, 3))
     with pytest.MonkeyPatch.context() as mp, torch.no_grad():
         mp.setattr(torch.ops.llama, "custom_sdpa", recording)
-        for start in (0, 2, W - 1, W, 3 * W):
-            seen.clear()
-            decoder(tokens, torch.tensor([start]))
-            filled = max(1, min(start, W))
-            assert seen == [(3 + filled, (3, 3 + filled))], start
+        # torch.cond's semantics without compiling the branches (dynamo refuses the recording's side effect)
+        mp.setattr(torch, "cond", lambda pred, true_fn, false_fn, operands: (true_fn if pred else false_fn)(*operands))
+        for length in (3, 1):
+            tokens = torch.randint(0, model.config.vocab_size, (1, length))
+            for start in (0, 2, W - 1, W, 3 * W):
+                seen.clear()
+                decoder(tokens, torch.tensor([start]))
+                if length == 1:
+                    sliding = (W, min(start, W - 1), None, True)
+                else:
+                    n = length + max(1, min(start, W))
+                    sliding = (n, 0, (length, n), False)
+                assert seen == [sliding, (4 * W, start, None, True)], (length, start)
 
 
 def test_a_prefill_chunk_shorter_than_the_context_keeps_the_logits(tiny_export, tmp_path):

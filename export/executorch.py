@@ -35,6 +35,7 @@ from gemma_edge.model.swap import swap_modules
 from gemma_edge.model.tokenizer import Tokenizer
 from gemma_edge.model.vision import VisionEncoder
 
+from .idle_passes import skipping_idle_passes
 from .manifest import vision_metadata, write_artifact
 
 
@@ -463,7 +464,7 @@ def lower_to_pte(model: Gemma, stop_ids: tuple[int, ...], progress: bool = True,
     partitioners = [head_slices_apart(xnnpack)() if isinstance(model.lm_head, SplitHead) else xnnpack()]
     # no_grad: with parameters that require grad, ExecuTorch's passes re-trace each `cond` branch for a schema,
     # and a branch that reads `.item()` fails there (PendingUnbackedSymbolNotFound).
-    with large_allocations_mapped(), torch.no_grad():  # 4B: 14.1 -> 10.1 GiB
+    with large_allocations_mapped(), torch.no_grad(), skipping_idle_passes():  # 4B: 14.1 -> 10.1 GiB
         with decoder_xnnpack_passes() if vision is None else contextlib.nullcontext(), preprocess_shares_weights():
             edge = to_edge_transform_and_lower(
                 programs["forward"] if vision is None else programs,

@@ -411,3 +411,61 @@ def test_the_pte_backend_record_matches_its_export(tiny_export):
     b, manifest = backend_of(folder), read_manifest(folder)
     assert b is BACKENDS["pte"] and (b.artifact, b.runtime) == (manifest["artifact"], manifest["runtime"])
     assert [p.name for p in artifact_files(folder)] == ["model.pte"]
+
+
+@pytest.mark.parametrize("recipe", [None, "8da4w", "int4-block32-emb4", "int4-channel"])
+def test_skipping_idle_passes_writes_the_same_program(tmp_path, monkeypatch, recipe):
+    """`idle_passes.skipping_idle_passes` (export time: an ExportPass re-runs every node even where it rewrites
+    nothing): for the float model and every weight format the .pte takes, passes are skipped and the program
+    is the one ExecuTorch's full pass list gives, byte for byte."""
+    import gemma_edge.export.idle_passes as ip
+
+    source = write_tiny_checkpoint(tmp_path / "t", tiny_config(sliding_window=W, vocab_size=1024, **TWO_KINDS))
+    if recipe is not None:
+        source = quantize_model(load(source), PRESETS[recipe], progress=False).save(tmp_path / "q")
+    skipped = []
+    idle = ip.idle
+    monkeypatch.setattr(ip, "idle", lambda name, gm: idle(name, gm) and not skipped.append(name))
+    fast = export_pte(source, tmp_path / "fast", max_seq_len=4 * W)
+    assert {"SymToTensorPass", "ConvertToLinearPass", "ConstPropPass"} <= set(skipped), skipped
+    monkeypatch.setattr(ip, "HAS_WORK", {})
+    full = export_pte(source, tmp_path / "full", max_seq_len=4 * W)
+    for name in ("model.pte", "model.ptd"):
+        assert (fast / name).exists() == (full / name).exists(), name
+        assert not (fast / name).exists() or (fast / name).read_bytes() == (full / name).read_bytes(), name
+
+
+def test_idle_pass_triggers_see_the_ops_they_rewrite():
+    """Each trigger fires on a graph holding what its pass rewrites (a trigger that never fired would skip its
+    pass where it is needed), in the dialect the pass sees; a pass not listed is never idle."""
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    import gemma_edge.export.idle_passes as ip
+
+    class Calls(torch.nn.Module):
+        def forward(self, x, w, n):
+            y = torch.mm(x, w.t()) + torch.ones(2, 2).sum()  # aten.t, mm, a call on constants only
+            z = (y.to(torch.float16) * 2).float() + n.shape[0]  # copies to a dtype; a symbol where a tensor goes
+            return z, y * torch.arange(2), y.mean(dim=-1)  # int64 times float32: mixed types; a portable mean
+
+    example = (torch.randn(2, 4), torch.randn(2, 4), torch.zeros(3))
+    program = torch.export.export(Calls(), example, dynamic_shapes=(None, None, {0: torch.export.Dim("n")}),
+                                  strict=False)
+    traced = program.graph_module  # what the edge passes see
+    decomposed = program.run_decompositions().graph_module
+    edge = to_edge(program, compile_config=EdgeCompileConfig(_check_ir_validity=False)).exported_program()
+    for name, gm in [("NormalizeTransposePass", traced), ("ReplaceBrokenOpsWithFunctionalOpsPass", traced),
+                     ("SymToTensorPass", traced), ("RemoveMixedTypeOperators", traced),
+                     ("ConvertToLinearPass", decomposed), ("ConstPropPass", decomposed),
+                     ("RemoveRedundantCopyPass", decomposed), ("DimOrderOpsRevertPass", edge.graph_module),
+                     ("LegalizePortableDimOrderPass", edge.graph_module)]:
+        assert not ip.idle(name, gm), name
+    assert ip.idle("RemoveRedundantCopyPass", traced)  # aten.to, not yet _to_copy
+    parent = next(node for node in decomposed.graph.nodes if node.op == "placeholder" and node.name == "x")
+    with decomposed.graph.inserting_after(parent):
+        decomposed.graph.call_function(torch.ops.quantized_decomposed.quantize_per_tensor.default,
+                                       (parent, 0.1, 0, -128, 127, torch.int8))
+    assert ip.idle("PropagateCustomMetaPass", decomposed)
+    parent.meta["custom"] = {"delegate_constant_tag": "t"}
+    assert not ip.idle("PropagateCustomMetaPass", decomposed)
+    assert not ip.idle("ScalarToTensorPass", traced)  # not listed: always runs

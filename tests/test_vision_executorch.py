@@ -127,3 +127,17 @@ def test_parity_harness_passes_the_multimodal_pte(exported):
     assert report.passed, report.failures
     assert [p.runtime_loop_agrees for p in report.prompts] == [True] * 5
     assert report.prompts[-1].metrics["max_abs_logit"] < 1e-4
+
+
+def test_skipping_idle_passes_writes_the_same_multimodal_program(tmp_path_factory, monkeypatch):
+    """The three methods with a vision tower (convolutions, XNNPACK's full pass list): byte for byte the
+    program the unskipped passes give (no build cache: each side lowers)."""
+    import gemma_edge.export.idle_passes as ip
+
+    def lower(src, out, max_seq_len):
+        return export(src, out, "pte", max_seq_len=max_seq_len, cache=False)
+
+    _, fast, _ = exported_tiny(tmp_path_factory, "fast", lower, MAX_SEQ_LEN)
+    monkeypatch.setattr(ip, "HAS_WORK", {})
+    _, full, _ = exported_tiny(tmp_path_factory, "full", lower, MAX_SEQ_LEN)
+    assert (fast / "model.pte").read_bytes() == (full / "model.pte").read_bytes()
